@@ -1,0 +1,3 @@
+from bert_onnx.cli import main
+
+raise SystemExit(main())

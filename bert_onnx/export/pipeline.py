@@ -1,0 +1,123 @@
+"""``export_model``: checkpoint in, verified model folder out, written atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from bert_onnx import __version__, interface
+from bert_onnx._files import atomic_write_text, install_dir, staging_dir
+from bert_onnx.export.checkpoint import resolve_checkpoint
+from bert_onnx.export.errors import ExportError, ParityError
+from bert_onnx.export.graph import DEFAULT_OPSET, export_graph, load_model
+from bert_onnx.export.tokenizer import convert_tokenizer
+from bert_onnx.export.validate import validate_graph
+from bert_onnx.manifest import Manifest, sha256_file
+
+DEFAULT_MODEL = "bert-base-uncased"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"bert-onnx": __version__, "python": platform.python_version()}
+    for package in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check_target(output: Path, force: bool) -> None:
+    """Refuse to touch anything at ``output`` we did not write, whatever ``force`` says."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise ExportError(f"{output} exists and is not a folder; choose another --output")
+    if not force:
+        raise ExportError(f"{output} already exists; pass --force to replace it")
+    if any(output.iterdir()) and not (output / interface.MANIFEST_FILE).is_file():
+        raise ExportError(
+            f"{output} is not empty and is not a bert-onnx model folder (no {interface.MANIFEST_FILE}); "
+            "refusing to replace it even with --force"
+        )
+
+
+def export_model(
+    model: str = DEFAULT_MODEL,
+    output: str | Path = "bert-onnx-model",
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    revision: str | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> Manifest:
+    """Export ``model`` (hub id or checkpoint folder) to the folder ``output`` and return its manifest.
+
+    The folder is built beside ``output`` and renamed into place only after ONNX Runtime matched PyTorch on
+    every output within 1e-4 (:class:`ParityError` otherwise, and nothing is written). An existing ``output``
+    is replaced only with ``force`` and only if it is empty or a previous export.
+    """
+    output = Path(output)
+    _check_target(output, force)
+    started = time.perf_counter()
+
+    def step(message: str) -> None:
+        log(f"[{time.perf_counter() - started:6.1f}s] {message}")
+
+    step(f"resolving {model}")
+    checkpoint = resolve_checkpoint(model, revision=revision)
+    step(f"loading BertModel from {checkpoint.path}")
+    bert, notes = load_model(checkpoint.path)
+    for note in notes:
+        log(f"warning: {note}")
+    config = bert.config
+    num_layers = int(config.num_hidden_layers)
+    max_length = int(config.max_position_embeddings)
+
+    with staging_dir(output) as staged:
+        step("converting the tokenizer")
+        converted = convert_tokenizer(checkpoint.path, int(config.vocab_size), staged / interface.TOKENIZER_FILE)
+        atomic_write_text(staged / interface.CONFIG_FILE, config.to_json_string())
+        step(f"exporting {num_layers} layers, hidden size {config.hidden_size}, opset {opset}")
+        export_graph(bert, staged / interface.MODEL_FILE, opset=opset)
+        step("validating every output against PyTorch")
+        report = validate_graph(bert, staged / interface.MODEL_FILE, converted.reference, max_length)
+        log(report.description)
+        log(report.table())
+        if not report.passed:
+            raise ParityError(report)
+        manifest = Manifest(
+            source=checkpoint.source,
+            revision=checkpoint.revision,
+            num_layers=num_layers,
+            hidden_size=int(config.hidden_size),
+            vocab_size=int(config.vocab_size),
+            type_vocab_size=int(config.type_vocab_size),
+            max_length=max_length,
+            pad_token_id=converted.pad_token_id,
+            opset=opset,
+            versions=_versions(),
+            inputs=interface.input_axes(),
+            outputs=interface.output_axes(num_layers),
+            files={name: sha256_file(staged / name) for name in interface.CHECKSUMMED_FILES},
+            parity=report,
+            notes=tuple(notes),
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            extra={
+                "attn_implementation": "eager",
+                "exporter": "torch.onnx.export (TorchScript)",
+                "tokenizer_model_max_length": converted.model_max_length,
+            },
+        )
+        manifest.write(staged)
+        install_dir(staged, output, replace=force)
+    step(f"wrote {output}")
+    return manifest

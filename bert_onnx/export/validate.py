@@ -1,0 +1,94 @@
+"""Export-time parity: the ONNX graph against the PyTorch model it came from, output by output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bert_onnx import interface
+from bert_onnx.manifest import OutputParity, ParityReport
+from bert_onnx.runtime.session import create_session
+
+_SENTENCES = (
+    "I love Korea",
+    "Hello!",
+    "The quick brown fox jumps over the lazy dog near the riverbank on a sunny afternoon.",
+)
+_PAIR = ("How old are you?", "I am six years old and I live in Seoul.")
+_LONG = "Extracting embeddings from every encoder layer of BERT gives features for many tasks. "
+
+
+def validation_batch(tokenizer: Any, max_length: int) -> tuple[dict[str, np.ndarray], str]:
+    """A right-padded batch: short sentences of different lengths, a sentence pair (segment ids of 1), and one
+    row of exactly ``max_length`` tokens (512 for BERT), so every position embedding is exercised."""
+    rows = [tokenizer(text)["input_ids"] for text in _SENTENCES]
+    types = [[0] * len(r) for r in rows]
+    pair = tokenizer(*_PAIR)
+    rows.append(pair["input_ids"])
+    types.append(pair["token_type_ids"])
+    long = tokenizer(_LONG * (max_length // 8 + 1), truncation=True, max_length=max_length)["input_ids"]
+    rows.append(long)
+    types.append([0] * len(long))
+
+    width = max(len(r) for r in rows)
+    batch = {name: np.zeros((len(rows), width), dtype=np.int64) for name in interface.INPUT_NAMES}
+    batch["input_ids"][:] = tokenizer.pad_token_id
+    for i, (ids, segments) in enumerate(zip(rows, types, strict=True)):
+        batch["input_ids"][i, : len(ids)] = ids
+        batch["attention_mask"][i, : len(ids)] = 1
+        batch["token_type_ids"][i, : len(ids)] = segments
+    lengths = [len(r) for r in rows]
+    description = (
+        f"{len(rows)} rows right-padded to {width} tokens; lengths {lengths}; "
+        f"row {len(_SENTENCES)} is a sentence pair with token_type_ids 1"
+    )
+    return batch, description
+
+
+def compare(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    attention_mask: np.ndarray,
+    tolerance: float = interface.FP32_TOLERANCE,
+) -> tuple[OutputParity, ...]:
+    """Max abs diff per output over the non-padded positions (padded positions are undefined in BERT)."""
+    keep = attention_mask.astype(bool)  # (B, T)
+    results = []
+    for name, expected in reference.items():
+        actual = candidate[name]
+        if actual.shape != expected.shape:
+            raise ValueError(f"{name}: shape {actual.shape} differs from PyTorch's {expected.shape}")
+        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        if name != interface.POOLER_OUTPUT:
+            diff = diff[keep]  # (tokens, H)
+        results.append(OutputParity(name=name, max_abs_diff=float(diff.max()), tolerance=tolerance))
+    return tuple(results)
+
+
+def torch_outputs(model: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every interface output of ``model`` (a BertModel) on ``batch``, by name."""
+    from bert_onnx.export.graph import AllOutputs
+
+    wrapper = AllOutputs(model).eval()
+    with torch.no_grad():
+        values = wrapper(*(torch.from_numpy(batch[name]) for name in interface.INPUT_NAMES))
+    names = interface.output_names(int(model.config.num_hidden_layers))
+    return {name: value.numpy() for name, value in zip(names, values, strict=True)}
+
+
+def validate_graph(model: Any, onnx_path: Path, tokenizer: Any, max_length: int) -> ParityReport:
+    """Run PyTorch and ONNX Runtime (CPU) on :func:`validation_batch` and compare every output."""
+    batch, description = validation_batch(tokenizer, max_length)
+    expected = torch_outputs(model, batch)
+    session = create_session(onnx_path, device="cpu")
+    names = list(expected)
+    actual = dict(zip(names, session.run(names, batch), strict=True))
+    return ParityReport(
+        batch_size=int(batch["input_ids"].shape[0]),
+        sequence_length=int(batch["input_ids"].shape[1]),
+        description=description,
+        outputs=compare(expected, actual, batch["attention_mask"]),
+    )

@@ -1,0 +1,52 @@
+"""The one declaration both sides of the seam read: graph inputs/outputs, their axes, and the folder's files.
+
+Export writes a graph with exactly these names; the runtime, the manifest and the tests read them from here.
+This module imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Axis index -> symbolic name, per tensor. Sequence outputs are (batch, sequence, hidden); pooler is (batch, hidden).
+SEQUENCE_AXES: Mapping[int, str] = {0: "batch", 1: "sequence"}
+BATCH_AXES: Mapping[int, str] = {0: "batch"}
+
+INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+LAST_HIDDEN_STATE = "last_hidden_state"
+POOLER_OUTPUT = "pooler_output"
+HIDDEN_STATES_PREFIX = "hidden_states."
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+# Files whose SHA-256 the manifest records and the runtime verifies (the manifest cannot hash itself).
+CHECKSUMMED_FILES: tuple[str, ...] = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE)
+
+# The gate export validation applies to every fp32 output (max abs diff to PyTorch, non-padded positions).
+FP32_TOLERANCE = 1e-4
+
+
+def hidden_state_name(index: int) -> str:
+    """Graph output name of hidden state ``index`` (0 = embeddings, N = last encoder layer)."""
+    return f"{HIDDEN_STATES_PREFIX}{index}"
+
+
+def output_names(num_layers: int) -> tuple[str, ...]:
+    """All graph outputs, in graph order: last_hidden_state, pooler_output, hidden_states.0 … hidden_states.N."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers={num_layers} must be at least 1")
+    return (LAST_HIDDEN_STATE, POOLER_OUTPUT, *(hidden_state_name(i) for i in range(num_layers + 1)))
+
+
+def input_axes() -> dict[str, dict[int, str]]:
+    """Dynamic axes of every graph input (all int64, shape (batch, sequence))."""
+    return {name: dict(SEQUENCE_AXES) for name in INPUT_NAMES}
+
+
+def output_axes(num_layers: int) -> dict[str, dict[int, str]]:
+    """Dynamic axes of every graph output, keyed by output name, in graph order."""
+    return {
+        name: dict(BATCH_AXES if name == POOLER_OUTPUT else SEQUENCE_AXES) for name in output_names(num_layers)
+    }

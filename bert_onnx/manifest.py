@@ -1,0 +1,199 @@
+"""``manifest.json``: what a model folder holds, where it came from, and how well it matched PyTorch.
+
+Shared by export (which writes it) and runtime (which reads and checks it); imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bert_onnx import interface
+from bert_onnx._files import atomic_write_text
+
+FORMAT = "bert-onnx"
+# Bump when a reader of the previous version would misread the folder.
+FORMAT_VERSION = 1
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing a file, has a corrupt or tampered file, or a manifest we cannot read."""
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    """Max abs difference of one graph output to PyTorch, over non-padded positions."""
+
+    name: str
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Export-time comparison of ONNX Runtime against PyTorch on one padded batch."""
+
+    batch_size: int
+    sequence_length: int
+    description: str
+    outputs: tuple[OutputParity, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    @property
+    def failures(self) -> tuple[OutputParity, ...]:
+        return tuple(o for o in self.outputs if not o.passed)
+
+    def table(self) -> str:
+        """A fixed-width table of every output's max abs diff, one line each."""
+        width = max(len("output"), *(len(o.name) for o in self.outputs))
+        lines = [f"{'output':<{width}}  {'max abs diff':>12}  {'tolerance':>9}  result"]
+        for o in self.outputs:
+            lines.append(
+                f"{o.name:<{width}}  {o.max_abs_diff:>12.3e}  {o.tolerance:>9.0e}  {'ok' if o.passed else 'FAIL'}"
+            )
+        return "\n".join(lines)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParityReport:
+        return cls(
+            batch_size=int(data["batch_size"]),
+            sequence_length=int(data["sequence_length"]),
+            description=str(data["description"]),
+            outputs=tuple(OutputParity(**o) for o in data["outputs"]),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to trust and describe a model folder."""
+
+    source: str
+    revision: str | None
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    type_vocab_size: int
+    max_length: int
+    pad_token_id: int
+    opset: int
+    versions: dict[str, str]
+    inputs: dict[str, dict[int, str]]
+    outputs: dict[str, dict[int, str]]
+    files: dict[str, str]  # file name -> SHA-256 hex digest
+    parity: ParityReport
+    notes: tuple[str, ...] = ()
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        expected = interface.output_names(self.num_layers)
+        if tuple(self.outputs) != expected:
+            raise ModelFolderError(
+                f"{interface.MANIFEST_FILE}: outputs {list(self.outputs)} do not match the {self.num_layers}-layer "
+                f"interface {list(expected)}"
+            )
+        if tuple(self.inputs) != interface.INPUT_NAMES:
+            raise ModelFolderError(
+                f"{interface.MANIFEST_FILE}: inputs {list(self.inputs)} are not {list(interface.INPUT_NAMES)}"
+            )
+        missing = [name for name in interface.CHECKSUMMED_FILES if name not in self.files]
+        if missing:
+            raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {', '.join(missing)}")
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self.outputs)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["notes"] = list(self.notes)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise ModelFolderError(f"{interface.MANIFEST_FILE}: format {data.get('format')!r} is not {FORMAT!r}")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise ModelFolderError(
+                f"{interface.MANIFEST_FILE}: format_version {version!r} is not supported by this bert-onnx "
+                f"(reads 1..{FORMAT_VERSION}); upgrade bert-onnx or re-export the model"
+            )
+
+        def axes(d: dict[str, dict[str, str]]) -> dict[str, dict[int, str]]:
+            return {name: {int(k): v for k, v in ax.items()} for name, ax in d.items()}
+
+        try:
+            return cls(
+                source=str(data["source"]),
+                revision=data.get("revision"),
+                num_layers=int(data["num_layers"]),
+                hidden_size=int(data["hidden_size"]),
+                vocab_size=int(data["vocab_size"]),
+                type_vocab_size=int(data["type_vocab_size"]),
+                max_length=int(data["max_length"]),
+                pad_token_id=int(data["pad_token_id"]),
+                opset=int(data["opset"]),
+                versions=dict(data["versions"]),
+                inputs=axes(data["inputs"]),
+                outputs=axes(data["outputs"]),
+                files=dict(data["files"]),
+                parity=ParityReport.from_dict(data["parity"]),
+                notes=tuple(data.get("notes", ())),
+                format_version=version,
+                created=str(data.get("created", "")),
+                extra=dict(data.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ModelFolderError):
+                raise
+            raise ModelFolderError(f"{interface.MANIFEST_FILE}: malformed manifest ({exc!r})") from exc
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Manifest:
+        path = Path(folder) / interface.MANIFEST_FILE
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: missing; is {folder} a folder written by `bert-onnx export`?")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFolderError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ModelFolderError(f"{path}: expected a JSON object")
+        return cls.from_dict(data)
+
+    def write(self, folder: str | Path) -> None:
+        atomic_write_text(Path(folder) / interface.MANIFEST_FILE, self.to_json())
+
+    def verify_files(self, folder: str | Path) -> None:
+        """Check that every recorded file exists and matches its SHA-256; raise naming the first bad file."""
+        for name, expected in self.files.items():
+            path = Path(folder) / name
+            if not path.is_file():
+                raise ModelFolderError(f"{path}: missing (listed in {interface.MANIFEST_FILE})")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ModelFolderError(
+                    f"{path}: SHA-256 {actual} does not match {interface.MANIFEST_FILE} ({expected}); "
+                    "the file is corrupt, truncated or was modified after export"
+                )
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

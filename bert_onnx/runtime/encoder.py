@@ -1,0 +1,212 @@
+"""``Encoder``: load an exported folder and run it: texts or ids in, BERT outputs or pooled embeddings out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_onnx import interface
+from bert_onnx.manifest import Manifest, ModelFolderError
+from bert_onnx.runtime.inputs import check_model_inputs, check_texts
+from bert_onnx.runtime.pooling import Pooling
+from bert_onnx.runtime.session import create_session
+from bert_onnx.runtime.tokenizer import Padding, TokenizedBatch, Tokenizer
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """BERT outputs as NumPy arrays, named and shaped like transformers' ``BaseModelOutputWithPooling``.
+
+    ``last_hidden_state``: (batch, sequence, hidden); ``pooler_output``: (batch, hidden); ``hidden_states``: a tuple
+    of N + 1 arrays (batch, sequence, hidden), the embeddings first, or ``None`` when not requested. The inputs
+    that produced them ride along so padded positions can be masked.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    last_hidden_state: np.ndarray
+    pooler_output: np.ndarray
+    hidden_states: tuple[np.ndarray, ...] | None
+
+
+class Encoder:
+    """A BERT model folder written by ``bert-onnx export``, run under ONNX Runtime.
+
+    Loading verifies every file's SHA-256 against ``manifest.json`` (``verify=False`` skips it) and creates one
+    session on ``device`` ("cpu" or "cuda"; CUDA never falls back to CPU silently). ``threads`` sets ONNX Runtime's
+    intra-op threads (default: its own choice, one per physical core).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
+        self.manifest = Manifest.read(self.model_dir)
+        if verify:
+            self.manifest.verify_files(self.model_dir)
+        self.device = device
+        self.tokenizer = Tokenizer.from_file(
+            self.model_dir / interface.TOKENIZER_FILE, pad_token_id=self.manifest.pad_token_id
+        )
+        self._session = create_session(self.model_dir / interface.MODEL_FILE, device=device, threads=threads)
+        graph_outputs = tuple(o.name for o in self._session.get_outputs())
+        graph_inputs = tuple(i.name for i in self._session.get_inputs())
+        if graph_outputs != self.manifest.output_names or graph_inputs != interface.INPUT_NAMES:
+            raise ModelFolderError(
+                f"{self.model_dir / interface.MODEL_FILE}: graph inputs {list(graph_inputs)} / outputs "
+                f"{list(graph_outputs)} do not match {interface.MANIFEST_FILE}"
+            )
+
+    @property
+    def num_layers(self) -> int:
+        return self.manifest.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.manifest.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        """The most tokens one text may have (the model's position embeddings)."""
+        return self.manifest.max_length
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder({str(self.model_dir)!r}, device={self.device!r}, layers={self.num_layers}, "
+            f"hidden={self.hidden_size})"
+        )
+
+    # -- running ---------------------------------------------------------------------------------------------
+
+    def _forward(self, batch: TokenizedBatch, names: Sequence[str]) -> dict[str, np.ndarray]:
+        feeds = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "token_type_ids": batch.token_type_ids,
+        }
+        if batch.input_ids.shape[0] == 0:
+            return {name: self._empty(name, batch.input_ids.shape[1]) for name in names}
+        values = self._session.run(list(names), feeds)
+        return dict(zip(names, values, strict=True))
+
+    def _empty(self, name: str, sequence: int) -> np.ndarray:
+        shape = (0, self.hidden_size) if name == interface.POOLER_OUTPUT else (0, sequence, self.hidden_size)
+        return np.zeros(shape, dtype=np.float32)
+
+    def _output(self, batch: TokenizedBatch, output_hidden_states: bool) -> EncoderOutput:
+        names = (
+            self.manifest.output_names
+            if output_hidden_states
+            else (interface.LAST_HIDDEN_STATE, interface.POOLER_OUTPUT)
+        )
+        out = self._forward(batch, names)
+        hidden = (
+            tuple(out[interface.hidden_state_name(i)] for i in range(self.num_layers + 1))
+            if output_hidden_states
+            else None
+        )
+        return EncoderOutput(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+            last_hidden_state=out[interface.LAST_HIDDEN_STATE],
+            pooler_output=out[interface.POOLER_OUTPUT],
+            hidden_states=hidden,
+        )
+
+    def run(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        token_type_ids: Any = None,
+        output_hidden_states: bool = True,
+    ) -> EncoderOutput:
+        """Run pre-tokenized input: 2-d integer arrays (batch, sequence), like calling ``BertModel`` directly.
+
+        A missing ``attention_mask`` means every position is attended; missing ``token_type_ids`` means segment 0.
+        Raises ``ValueError`` for non-2-d or non-integer arrays, mismatched shapes, or ids out of range.
+        """
+        ids, mask, types = check_model_inputs(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            vocab_size=self.manifest.vocab_size,
+            type_vocab_size=self.manifest.type_vocab_size,
+            max_length=self.max_length,
+        )
+        return self._output(TokenizedBatch(ids, mask, types), output_hidden_states)
+
+    def _check_max_length(self, max_length: int | None) -> int:
+        if max_length is None:
+            return self.max_length
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= self.max_length:
+            raise ValueError(f"max_length={max_length!r} must be an int in [2, {self.max_length}]")
+        return max_length
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        max_length: int | None = None,
+        padding: Padding = "longest",
+        truncation: bool = True,
+        output_hidden_states: bool = True,
+    ) -> EncoderOutput:
+        """Tokenize ``texts`` and run them as one batch.
+
+        ``padding="longest"`` pads to the longest text; ``"max_length"`` pads every row to ``max_length``.
+        Texts over ``max_length`` tokens are truncated (keeping the final [SEP]); ``truncation=False`` raises
+        ``ValueError`` instead. ``max_length`` defaults to the model's limit (``self.max_length``, 512 for BERT).
+        """
+        max_length = self._check_max_length(max_length)
+        batch = self.tokenizer(check_texts(texts), max_length=max_length, padding=padding, truncation=truncation)
+        return self._output(batch, output_hidden_states)
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        pooling: str = "cls",
+        layers: int | Sequence[int] | None = None,
+        combine: str = "concat",
+        normalize: bool = False,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        truncation: bool = True,
+        progress: Callable[[int], object] | None = None,
+    ) -> np.ndarray:
+        """One float32 vector per text, shape ``(len(texts), dim)``, in input order.
+
+        ``pooling``: "cls" (the [CLS] vector), "pooler" (``pooler_output``: dense + tanh over [CLS]) or "mean"
+        (average over real tokens). ``layers`` pools hidden states instead of ``last_hidden_state`` (e.g.
+        ``[-4, -3, -2, -1]``, the last four) and ``combine`` joins them: "concat" (dim = hidden * len(layers)) or
+        "mean". ``normalize`` scales each vector to unit length. Texts are batched by length (``batch_size`` per
+        batch, padded to each batch's longest) and only the outputs the recipe needs are fetched.
+        ``progress(n)`` is called after each batch with the number of texts it finished.
+        """
+        recipe = Pooling.create(pooling, layers, combine, normalize, self.num_layers)
+        batch = check_texts(texts)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+        max_length = self._check_max_length(max_length)
+        result = np.empty((len(batch), recipe.dim(self.hidden_size)), dtype=np.float32)
+        encodings = self.tokenizer.encodings(batch, max_length, truncation)
+        # Longest first, so each batch is padded only to lengths close to its own and memory peaks early.
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            tokens = self.tokenizer.pad([encodings[i] for i in rows], "longest", max_length)
+            outputs = self._forward(tokens, recipe.fetch)
+            result[rows] = recipe(outputs, tokens.attention_mask)
+            if progress is not None:
+                progress(len(rows))
+        return result

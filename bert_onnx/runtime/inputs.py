@@ -1,0 +1,77 @@
+"""Input checks that run before ONNX Runtime sees anything, so bad input is a named Python error, not a crash."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def check_texts(texts: Any) -> list[str]:
+    """Return ``texts`` as a list of str; a single str is a batch of one. Raise ``TypeError`` naming a bad item."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, bytes | bytearray) or not isinstance(texts, Sequence | np.ndarray):
+        raise TypeError(f"texts must be a str or a sequence of str, not {type(texts).__name__}")
+    batch = list(texts)
+    for index, text in enumerate(batch):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__} ({text!r:.40}), expected str")
+    return batch
+
+
+def check_id_array(name: str, value: Any, upper: int, allow_bool: bool = False) -> np.ndarray:
+    """``value`` as a C-contiguous int64 array of shape (batch, sequence) with values in ``[0, upper)``."""
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular 2-d array of integers ({exc})") from exc
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-d (batch, sequence); got shape {array.shape}. Wrap a single sequence as [ids]."
+        )
+    if array.dtype == np.bool_ and allow_bool:
+        array = array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers; got dtype {array.dtype}")
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= upper:
+            bad = low if low < 0 else high
+            where = tuple(int(i) for i in np.argwhere(array == bad)[0])
+            raise ValueError(f"{name}{list(where)} = {bad} is outside [0, {upper})")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def check_model_inputs(
+    input_ids: Any,
+    attention_mask: Any,
+    token_type_ids: Any,
+    vocab_size: int,
+    type_vocab_size: int,
+    max_length: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate pre-tokenized input; missing mask means all ones, missing segment ids all zeros (as transformers)."""
+    ids = check_id_array("input_ids", input_ids, vocab_size)
+    mask = (
+        np.ones_like(ids)
+        if attention_mask is None
+        else check_id_array("attention_mask", attention_mask, 2, allow_bool=True)
+    )
+    types = (
+        np.zeros_like(ids)
+        if token_type_ids is None
+        else check_id_array("token_type_ids", token_type_ids, type_vocab_size)
+    )
+    for name, other in (("attention_mask", mask), ("token_type_ids", types)):
+        if other.shape != ids.shape:
+            raise ValueError(f"{name} has shape {other.shape} but input_ids has shape {ids.shape}")
+    batch, sequence = ids.shape
+    if batch and sequence == 0:
+        raise ValueError("input_ids has sequence length 0; every row needs at least one token")
+    if sequence > max_length:
+        raise ValueError(
+            f"input_ids has sequence length {sequence}, over the model's maximum of {max_length} positions"
+        )
+    return ids, mask, types

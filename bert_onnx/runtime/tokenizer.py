@@ -1,0 +1,155 @@
+"""Tokenizing: the folder's ``tokenizer.json`` through `tokenizers`, with padding and truncation owned here.
+
+The exported ``tokenizer.json`` has no padding or truncation baked in; every call states its own ``max_length``
+and padding, so a checkpoint that shipped "pad everything to 128" does not leak that into our batches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tokenizers import Encoding
+from tokenizers import Tokenizer as _Backend
+
+from bert_onnx.manifest import ModelFolderError
+from bert_onnx.runtime.inputs import check_texts
+
+Padding = Literal["longest", "max_length"]
+PADDINGS: tuple[str, ...] = ("longest", "max_length")
+
+
+@dataclass(frozen=True)
+class TokenizedBatch:
+    """int64 arrays of shape (batch, sequence), right-padded with the pad id and mask 0."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+
+
+class Tokenizer:
+    """BERT WordPiece tokenization, identical to transformers' ``BertTokenizer`` for the exported checkpoint.
+
+    ``tokenize`` and ``convert_tokens_to_ids`` mirror transformers' methods (the tutorial's manual path);
+    ``__call__`` turns a list of texts into padded id, mask and segment arrays.
+    """
+
+    def __init__(self, backend: _Backend, pad_token_id: int) -> None:
+        backend.no_padding()
+        backend.no_truncation()
+        self._backend = backend
+        self.pad_token_id = pad_token_id
+        self._truncating: dict[int, _Backend] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | Path, pad_token_id: int) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: missing tokenizer file")
+        try:
+            backend = _Backend.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for any unreadable file
+            raise ModelFolderError(f"{path}: not a readable tokenizers file ({exc})") from exc
+        return cls(backend, pad_token_id)
+
+    @property
+    def backend(self) -> _Backend:
+        """The underlying `tokenizers.Tokenizer` (no padding, no truncation)."""
+        return self._backend
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._backend.get_vocab_size(with_added_tokens=True))
+
+    def tokenize(self, text: str) -> list[str]:
+        """WordPiece tokens of ``text`` without [CLS]/[SEP], like ``BertTokenizer.tokenize``."""
+        check_texts([text])
+        return list(self._backend.encode(text, add_special_tokens=False).tokens)
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """Vocabulary ids of ``tokens``; unknown tokens map to the [UNK] id, as in transformers."""
+        unk = self._backend.token_to_id("[UNK]")
+        if isinstance(tokens, str):
+            found = self._backend.token_to_id(tokens)
+            return unk if found is None else found
+        ids = []
+        for token in tokens:
+            found = self._backend.token_to_id(token)
+            ids.append(unk if found is None else found)
+        return ids
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
+        if isinstance(ids, int | np.integer):
+            return self._token(int(ids))
+        return [self._token(int(i)) for i in ids]
+
+    def _token(self, token_id: int) -> str:
+        token = self._backend.id_to_token(token_id)
+        if token is None:
+            raise ValueError(f"id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        return str(token)
+
+    def _with_truncation(self, max_length: int) -> _Backend:
+        # One configured copy per max_length: enable_truncation mutates a tokenizer, and a shared one would make
+        # concurrent calls with different max_length race.
+        with self._lock:
+            backend = self._truncating.get(max_length)
+            if backend is None:
+                backend = _Backend.from_str(self._backend.to_str())
+                backend.no_padding()
+                backend.enable_truncation(max_length)
+                self._truncating[max_length] = backend
+            return backend
+
+    def encodings(self, texts: Sequence[str], max_length: int, truncation: bool = True) -> list[Encoding]:
+        """Unpadded encodings with [CLS]/[SEP], at most ``max_length`` tokens each.
+
+        ``truncation=True`` cuts longer texts to ``max_length`` tokens (keeping the final [SEP], like transformers);
+        ``truncation=False`` raises ``ValueError`` naming the first text that is too long.
+        """
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+            raise ValueError(f"max_length={max_length!r} must be an int >= 2 (room for [CLS] and [SEP])")
+        if truncation:
+            return list(self._with_truncation(max_length).encode_batch(list(texts)))
+        encodings = list(self._backend.encode_batch(list(texts)))
+        for index, encoding in enumerate(encodings):
+            if len(encoding.ids) > max_length:
+                raise ValueError(
+                    f"texts[{index}] is {len(encoding.ids)} tokens long, over max_length={max_length}; "
+                    "pass truncation=True to cut it"
+                )
+        return encodings
+
+    def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> TokenizedBatch:
+        """Right-pad encodings into (batch, sequence) int64 arrays."""
+        if padding not in PADDINGS:
+            raise ValueError(f"padding={padding!r} is not one of {', '.join(PADDINGS)}")
+        lengths = [len(e.ids) for e in encodings]
+        width = max_length if padding == "max_length" else max(lengths, default=0)
+        input_ids = np.full((len(encodings), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
+        token_type_ids = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, (encoding, length) in enumerate(zip(encodings, lengths, strict=True)):
+            input_ids[row, :length] = encoding.ids
+            attention_mask[row, :length] = 1
+            token_type_ids[row, :length] = encoding.type_ids
+        return TokenizedBatch(input_ids, attention_mask, token_type_ids)
+
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        max_length: int = 512,
+        padding: Padding = "longest",
+        truncation: bool = True,
+    ) -> TokenizedBatch:
+        """Tokenize a batch of texts into padded arrays (a single string is a batch of one)."""
+        batch = check_texts(texts)
+        if padding not in PADDINGS:
+            raise ValueError(f"padding={padding!r} is not one of {', '.join(PADDINGS)}")
+        return self.pad(self.encodings(batch, max_length, truncation), padding, max_length)
