@@ -47,6 +47,4 @@ def input_axes() -> dict[str, dict[int, str]]:
 
 def output_axes(num_layers: int) -> dict[str, dict[int, str]]:
     """Dynamic axes of every graph output, keyed by output name, in graph order."""
-    return {
-        name: dict(BATCH_AXES if name == POOLER_OUTPUT else SEQUENCE_AXES) for name in output_names(num_layers)
-    }
+    return {name: dict(BATCH_AXES if name == POOLER_OUTPUT else SEQUENCE_AXES) for name in output_names(num_layers)}

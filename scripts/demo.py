@@ -50,8 +50,7 @@ def tutorial(folder: Path, label: str) -> None:
     print(f"len(hidden_states)              -> {len(outputs.hidden_states)}")
     print(f"hidden_states[0].shape          -> {outputs.hidden_states[0].shape}")
     same = encoder.encode([SENTENCE], padding="max_length", max_length=7)
-    print(f"encode([...], padding='max_length', max_length=7) gives the same ids: "
-          f"{same.input_ids.tolist() == [ids]}")
+    print(f"encode([...], padding='max_length', max_length=7) gives the same ids: {same.input_ids.tolist() == [ids]}")
     print(f"\nparity against PyTorch at export ({manifest.parity.description}):")
     print(manifest.parity.table())
     for note in manifest.notes:

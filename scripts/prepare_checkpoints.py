@@ -86,7 +86,13 @@ def main(cache: Path) -> None:
     if not tiny.exists():
         print(f"creating {tiny}", flush=True)
         random_bert(
-            tiny, vocab, seed=0, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+            tiny,
+            vocab,
+            seed=0,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
         )
     base = cache / "bert-base-uncased-arch-random-weights"
     if not base.exists():

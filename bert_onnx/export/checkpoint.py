@@ -99,5 +99,3 @@ def _hub_reachable(endpoint: str, timeout: float) -> tuple[bool, str]:
             return True, ""
     except OSError as exc:
         return False, f"{type(exc).__name__}: {exc or 'timed out'}"
-
-

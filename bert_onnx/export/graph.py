@@ -48,13 +48,14 @@ def load_model(path: Path) -> tuple[Any, list[str]]:
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     if config.model_type != "bert":
         raise ExportError(f"{path}: model_type is {config.model_type!r}; bert-onnx exports BERT checkpoints")
-    model, info = BertModel.from_pretrained(
+    loaded: Any = BertModel.from_pretrained(
         path,
         attn_implementation="eager",
         dtype=torch.float32,
         output_loading_info=True,
         trust_remote_code=False,
     )
+    model, info = loaded
     missing = sorted(info.get("missing_keys", ()))
     pooler_missing = [k for k in missing if k.startswith("pooler.")]
     others = [k for k in missing if not k.startswith("pooler.")]
@@ -83,7 +84,9 @@ def example_inputs(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
 def export_graph(model: Any, path: Path, opset: int = DEFAULT_OPSET) -> None:
     """Trace ``model`` to ``path`` with inputs/outputs named and axes declared as in :mod:`bert_onnx.interface`."""
     if opset not in SUPPORTED_OPSETS:
-        raise ExportError(f"opset={opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+        raise ExportError(
+            f"opset={opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+        )
     num_layers = int(model.config.num_hidden_layers)
     wrapper = AllOutputs(model).eval()  # eval on the wrapper too: export would otherwise trace dropout
     args = example_inputs(int(model.config.vocab_size))

@@ -82,8 +82,7 @@ class Pooling:
             vectors = _pool_tokens(self.pooling, outputs[interface.LAST_HIDDEN_STATE], attention_mask)
         else:
             pooled = [
-                _pool_tokens(self.pooling, outputs[interface.hidden_state_name(i)], attention_mask)
-                for i in self.layers
+                _pool_tokens(self.pooling, outputs[interface.hidden_state_name(i)], attention_mask) for i in self.layers
             ]
             vectors = np.concatenate(pooled, axis=-1) if self.combine == "concat" else np.mean(pooled, axis=0)
         vectors = np.asarray(vectors, dtype=np.float32)

@@ -73,16 +73,20 @@ class Tokenizer:
         return list(self._backend.encode(text, add_special_tokens=False).tokens)
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        """Vocabulary ids of ``tokens``; unknown tokens map to the [UNK] id, as in transformers."""
-        unk = self._backend.token_to_id("[UNK]")
+        """Vocabulary ids of ``tokens``; unknown tokens map to the unknown token's id, as in transformers."""
         if isinstance(tokens, str):
-            found = self._backend.token_to_id(tokens)
-            return unk if found is None else found
-        ids = []
-        for token in tokens:
-            found = self._backend.token_to_id(token)
-            ids.append(unk if found is None else found)
-        return ids
+            return self._token_id(tokens)
+        return [self._token_id(token) for token in tokens]
+
+    def _token_id(self, token: str) -> int:
+        found = self._backend.token_to_id(token)
+        if found is not None:
+            return int(found)
+        unk = getattr(self._backend.model, "unk_token", None)
+        unk_id = None if unk is None else self._backend.token_to_id(unk)
+        if unk_id is None:
+            raise ValueError(f"token {token!r} is not in the vocabulary and the tokenizer has no unknown token")
+        return int(unk_id)
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
         if isinstance(ids, int | np.integer):

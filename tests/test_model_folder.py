@@ -1,0 +1,115 @@
+"""A missing, corrupt or tampered model folder is an error that names the file, never a crash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bert_onnx import interface
+from bert_onnx.manifest import FORMAT_VERSION, ModelFolderError
+from bert_onnx.runtime import Encoder
+
+
+@pytest.fixture
+def folder(export_dir: Callable[[str], Path], tmp_path: Path) -> Path:
+    """A private copy of the tiny export, safe to damage."""
+    return Path(shutil.copytree(export_dir("tiny"), tmp_path / "model"))
+
+
+def test_intact_copy_loads(folder: Path) -> None:
+    assert Encoder(folder).embed(["ok"]).shape == (1, 32)
+
+
+@pytest.mark.parametrize("name", [interface.MODEL_FILE, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
+def test_missing_file_is_named(folder: Path, name: str) -> None:
+    (folder / name).unlink()
+    with pytest.raises(ModelFolderError, match=rf"{name}: missing"):
+        Encoder(folder)
+
+
+@pytest.mark.parametrize("name", [interface.MODEL_FILE, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "append"])
+def test_corrupt_file_is_named(folder: Path, name: str, damage: str) -> None:
+    path = folder / name
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data += b"\x00"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match=rf"{name}: SHA-256 .* does not match manifest.json"):
+        Encoder(folder)
+
+
+def test_truncated_model_without_verification_is_still_a_named_error(folder: Path) -> None:
+    path = folder / interface.MODEL_FILE
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ModelFolderError, match=rf"{interface.MODEL_FILE}: ONNX Runtime cannot load this model"):
+        Encoder(folder, verify=False)
+
+
+def test_garbage_tokenizer_without_verification_is_a_named_error(folder: Path) -> None:
+    (folder / interface.TOKENIZER_FILE).write_text("{not json")
+    with pytest.raises(ModelFolderError, match=rf"{interface.TOKENIZER_FILE}: not a readable tokenizers file"):
+        Encoder(folder, verify=False)
+
+
+def test_missing_manifest(folder: Path) -> None:
+    (folder / interface.MANIFEST_FILE).unlink()
+    with pytest.raises(ModelFolderError, match=r"manifest.json: missing; is .* a folder written by"):
+        Encoder(folder)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: "{broken", "not valid JSON"),
+        (lambda m: "[1, 2]", "expected a JSON object"),
+        (
+            lambda m: json.dumps({**m, "format_version": FORMAT_VERSION + 1}),
+            "format_version 2 is not supported",
+        ),
+        (lambda m: json.dumps({**m, "format": "other"}), "format 'other' is not 'bert-onnx'"),
+        (lambda m: json.dumps({k: v for k, v in m.items() if k != "hidden_size"}), "malformed manifest"),
+        (
+            lambda m: json.dumps({**m, "files": {k: v for k, v in m["files"].items() if k != "config.json"}}),
+            "no checksum recorded for config.json",
+        ),
+        (lambda m: json.dumps({**m, "num_layers": 3}), "do not match the 3-layer interface"),
+    ],
+)
+def test_bad_manifest(folder: Path, edit: Callable[[dict], str], message: str) -> None:
+    path = folder / interface.MANIFEST_FILE
+    path.write_text(edit(json.loads(path.read_text())))
+    with pytest.raises(ModelFolderError, match=message):
+        Encoder(folder)
+
+
+def test_not_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelFolderError, match="not a folder"):
+        Encoder(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelFolderError, match="not a folder"):
+        Encoder(tmp_path / "file")
+
+
+def test_graph_swapped_for_another_models_graph(
+    folder: Path, export_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A graph with other outputs, checksum re-recorded: the runtime still refuses it by its interface."""
+    from bert_onnx.manifest import Manifest, sha256_file
+
+    other = export_dir("minilm") / interface.MODEL_FILE
+    shutil.copy(other, folder / interface.MODEL_FILE)
+    manifest = json.loads((folder / interface.MANIFEST_FILE).read_text())
+    manifest["files"][interface.MODEL_FILE] = sha256_file(folder / interface.MODEL_FILE)
+    (folder / interface.MANIFEST_FILE).write_text(json.dumps(manifest))
+    Manifest.read(folder).verify_files(folder)
+    with pytest.raises(ModelFolderError, match=r"do not match manifest\.json"):
+        Encoder(folder)
