@@ -64,7 +64,6 @@ def staging_dir(target: str | Path) -> Iterator[Path]:
     Removed on error; the caller installs it with :func:`install_dir` before the context ends.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     _default_mode(tmp, is_dir=True)
     try:

@@ -65,26 +65,34 @@ def _embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bert_onnx._files import atomic_write
-    from bert_onnx.runtime import Encoder
+    from bert_onnx.runtime import Encoder, TextTooLongError
 
     output = Path(args.output)
     if not output.parent.is_dir():
         raise ValueError(f"--output {output}: folder {output.parent} does not exist")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name such as {output / 'embeddings.npy'}")
     texts = _read_texts(args.input)
     encoder = Encoder(args.model_dir, device=args.device, threads=args.threads)
     layers = None if args.layers is None else parse_layers(args.layers, encoder.num_layers)
     with tqdm(total=len(texts), unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
-        vectors = encoder.embed(
-            texts,
-            pooling=args.pooling,
-            layers=layers,
-            combine=args.combine,
-            normalize=args.normalize,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            truncation=not args.no_truncation,
-            progress=bar.update,
-        )
+        try:
+            vectors = encoder.embed(
+                texts,
+                pooling=args.pooling,
+                layers=layers,
+                combine=args.combine,
+                normalize=args.normalize,
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                truncation=not args.no_truncation,
+                progress=bar.update,
+            )
+        except TextTooLongError as exc:
+            raise ValueError(
+                f"{args.input}: line {exc.index + 1} is {exc.length} tokens long, over --max-length "
+                f"{exc.max_length}; drop --no-truncation to cut such lines"
+            ) from exc
     atomic_write(output, lambda handle: np.save(handle, vectors))
     print(f"wrote {output}: {vectors.shape[0]} x {vectors.shape[1]} float32", file=sys.stderr)
     return 0

@@ -104,10 +104,12 @@ class Manifest:
                 f"{interface.MANIFEST_FILE}: outputs {list(self.outputs)} do not match the {self.num_layers}-layer "
                 f"interface {list(expected)}"
             )
-        if tuple(self.inputs) != interface.INPUT_NAMES:
-            raise ModelFolderError(
-                f"{interface.MANIFEST_FILE}: inputs {list(self.inputs)} are not {list(interface.INPUT_NAMES)}"
-            )
+        if self.outputs != interface.output_axes(self.num_layers):
+            raise ModelFolderError(f"{interface.MANIFEST_FILE}: output axes {self.outputs} are not the interface's")
+        if self.inputs != interface.input_axes():
+            raise ModelFolderError(f"{interface.MANIFEST_FILE}: inputs {self.inputs} are not {interface.input_axes()}")
+        if tuple(o.name for o in self.parity.outputs) != expected:
+            raise ModelFolderError(f"{interface.MANIFEST_FILE}: the parity report does not cover every output")
         missing = [name for name in interface.CHECKSUMMED_FILES if name not in self.files]
         if missing:
             raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {', '.join(missing)}")

@@ -126,6 +126,12 @@ def test_existing_output_needs_force(export_dir: Callable[[str], Path], tmp_path
     assert partial_dirs(tmp_path) == []
 
 
+def test_missing_parent_folder_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="does not exist; create it first"):
+        export_model(str(checkpoint_path("tiny")), tmp_path / "a" / "b" / "model", **QUIET)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_force_never_replaces_a_folder_we_did_not_write(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.mkdir()

@@ -82,6 +82,12 @@ def test_missing_manifest(folder: Path) -> None:
             "no checksum recorded for config.json",
         ),
         (lambda m: json.dumps({**m, "num_layers": 3}), "do not match the 3-layer interface"),
+        (lambda m: json.dumps({**m, "parity": {**m["parity"], "outputs": []}}), "does not cover every output"),
+        (lambda m: json.dumps({**m, "inputs": {**m["inputs"], "input_ids": {}}}), "inputs .* are not"),
+        (
+            lambda m: json.dumps({**m, "outputs": {**m["outputs"], "pooler_output": {"0": "b"}}}),
+            "output axes .* are not the interface's",
+        ),
     ],
 )
 def test_bad_manifest(folder: Path, edit: Callable[[dict], str], message: str) -> None:

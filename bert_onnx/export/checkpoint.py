@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -91,11 +92,21 @@ def _weights_file(model: str, revision: str | None) -> str:
 
 
 def _hub_reachable(endpoint: str, timeout: float) -> tuple[bool, str]:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds, DNS lookup included."""
     url = urlparse(endpoint)
     host = url.hostname or endpoint
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True, ""
-    except OSError as exc:
-        return False, f"{type(exc).__name__}: {exc or 'timed out'}"
+    outcome: list[tuple[bool, str]] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append((True, ""))
+        except OSError as exc:
+            outcome.append((False, f"{type(exc).__name__}: {exc or 'timed out'}"))
+
+    # A thread, because the socket timeout does not bound the resolver: a dead DNS server can stall far longer.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else (False, f"no answer within {timeout:g} s")

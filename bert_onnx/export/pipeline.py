@@ -14,7 +14,7 @@ from bert_onnx import __version__, interface
 from bert_onnx._files import atomic_write_text, install_dir, staging_dir
 from bert_onnx.export.checkpoint import resolve_checkpoint
 from bert_onnx.export.errors import ExportError, ParityError
-from bert_onnx.export.graph import DEFAULT_OPSET, export_graph, load_model
+from bert_onnx.export.graph import DEFAULT_OPSET, SUPPORTED_OPSETS, export_graph, load_model
 from bert_onnx.export.tokenizer import convert_tokenizer
 from bert_onnx.export.validate import validate_graph
 from bert_onnx.manifest import Manifest, sha256_file
@@ -38,6 +38,8 @@ def _stderr(message: str) -> None:
 
 def _check_target(output: Path, force: bool) -> None:
     """Refuse to touch anything at ``output`` we did not write, whatever ``force`` says."""
+    if not output.parent.is_dir():
+        raise ExportError(f"{output}: the folder {output.parent} does not exist; create it first")
     if not output.exists():
         return
     if not output.is_dir():
@@ -66,6 +68,10 @@ def export_model(
     is replaced only with ``force`` and only if it is empty or a previous export.
     """
     output = Path(output)
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(
+            f"opset={opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+        )
     _check_target(output, force)
     started = time.perf_counter()
 

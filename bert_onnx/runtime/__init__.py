@@ -11,7 +11,7 @@ from bert_onnx.manifest import Manifest, ModelFolderError
 from bert_onnx.runtime.encoder import Encoder, EncoderOutput
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS
 from bert_onnx.runtime.session import DEVICES, ProviderError
-from bert_onnx.runtime.tokenizer import TokenizedBatch, Tokenizer
+from bert_onnx.runtime.tokenizer import TextTooLongError, TokenizedBatch, Tokenizer
 
 __all__ = [
     "COMBINES",
@@ -22,6 +22,7 @@ __all__ = [
     "Manifest",
     "ModelFolderError",
     "ProviderError",
+    "TextTooLongError",
     "TokenizedBatch",
     "Tokenizer",
 ]

@@ -23,6 +23,16 @@ Padding = Literal["longest", "max_length"]
 PADDINGS: tuple[str, ...] = ("longest", "max_length")
 
 
+class TextTooLongError(ValueError):
+    """A text has more tokens than ``max_length`` and truncation is off."""
+
+    def __init__(self, index: int, length: int, max_length: int) -> None:
+        super().__init__(
+            f"texts[{index}] is {length} tokens long, over max_length={max_length}; pass truncation=True to cut it"
+        )
+        self.index, self.length, self.max_length = index, length, max_length
+
+
 @dataclass(frozen=True)
 class TokenizedBatch:
     """int64 arrays of shape (batch, sequence), right-padded with the pad id and mask 0."""
@@ -124,10 +134,7 @@ class Tokenizer:
         encodings = list(self._backend.encode_batch(list(texts)))
         for index, encoding in enumerate(encodings):
             if len(encoding.ids) > max_length:
-                raise ValueError(
-                    f"texts[{index}] is {len(encoding.ids)} tokens long, over max_length={max_length}; "
-                    "pass truncation=True to cut it"
-                )
+                raise TextTooLongError(index, len(encoding.ids), max_length)
         return encodings
 
     def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> TokenizedBatch:
