@@ -21,7 +21,9 @@ def _export(args: argparse.Namespace) -> int:
         from bert_onnx.export import export_model
     except ImportError as exc:
         raise SystemExit(f"bert-onnx: error: {EXPORT_EXTRA_HINT} ({exc})") from exc
-    export_model(args.model, args.output, opset=args.opset, force=args.force, revision=args.revision)
+    export_model(
+        args.model, args.output, opset=args.opset, force=args.force, revision=args.revision, variants=args.variants
+    )
     return 0
 
 
@@ -73,7 +75,7 @@ def _embed(args: argparse.Namespace) -> int:
     if output.is_dir():
         raise ValueError(f"--output {output} is a folder; give a file name such as {output / 'embeddings.npy'}")
     texts = _read_texts(args.input)
-    encoder = Encoder(args.model_dir, device=args.device, threads=args.threads)
+    encoder = Encoder(args.model_dir, device=args.device, threads=args.threads, variant=args.variant)
     layers = None if args.layers is None else parse_layers(args.layers, encoder.num_layers)
     with tqdm(total=len(texts), unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
         try:
@@ -118,6 +120,7 @@ def format_info(model_dir: Path, verify: bool) -> str:
         ("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items())),
         ("inputs", ", ".join(f"{n} {_axes(a)}" for n, a in manifest.inputs.items())),
         ("outputs", f"{len(manifest.outputs)}: " + ", ".join(manifest.outputs)),
+        ("variants", ", ".join(manifest.variants)),
         ("checksums", "verified" if verify else "not checked (--no-verify)"),
     ]
     rows += [(f"  {name}", f"sha256 {digest}") for name, digest in manifest.files.items()]
@@ -126,6 +129,11 @@ def format_info(model_dir: Path, verify: bool) -> str:
     lines += [f"note: {note}" for note in manifest.notes]
     parity = manifest.parity
     lines += ["", f"parity against PyTorch at export ({parity.description}):", parity.table()]
+    for name, variant in manifest.variants.items():
+        if name == "fp32":
+            continue
+        devices = ", ".join(variant.devices)
+        lines += ["", f"variant {name}: {variant.file}, for {devices}; gate: {variant.gate}", variant.table()]
     return "\n".join(lines)
 
 
@@ -163,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=17, help="ONNX opset, 14..20 (default: 17)")
     export.add_argument("--revision", help="hub revision (branch, tag or commit) for a hub id")
     export.add_argument("--force", action="store_true", help="replace DIR if it is an earlier export")
+    export.add_argument(
+        "--variants",
+        default="fp32",
+        metavar="LIST",
+        help="comma-separated: fp32 (always), opt (fused), int8 (CPU), fp16 (CUDA); each must pass its gate "
+        "(default: fp32)",
+    )
     export.set_defaults(func=_export)
 
     embed = commands.add_parser(
@@ -184,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--combine", choices=("concat", "mean"), default="concat", help="how --layers are joined")
     embed.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
     embed.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    embed.add_argument(
+        "--variant",
+        choices=("fp32", "opt", "int8", "fp16"),
+        help="which stored graph to run (default: the fastest the folder has for --device; see bert-onnx info)",
+    )
     embed.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")
     embed.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
     embed.add_argument("--max-length", type=int, help="tokens per text (default: the model's, 512)")

@@ -27,6 +27,29 @@ CHECKSUMMED_FILES: tuple[str, ...] = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE)
 # The gate export validation applies to every fp32 output (max abs diff to PyTorch, non-padded positions).
 FP32_TOLERANCE = 1e-4
 
+# Model variants: the same graph interface, different arithmetic. fp32 is always exported (it is the reference).
+#   fp32  plain export                       opt   ONNX Runtime transformer fusions (Attention, SkipLayerNorm, ...)
+#   int8  dynamic int8 quantization (CPU)     fp16  half precision with fp32 inputs/outputs (CUDA)
+VARIANT_FILES: Mapping[str, str] = {
+    "fp32": MODEL_FILE,
+    "opt": "model.opt.onnx",
+    "int8": "model.int8.onnx",
+    "fp16": "model.fp16.onnx",
+}
+VARIANTS: tuple[str, ...] = tuple(VARIANT_FILES)
+VARIANT_DEVICES: Mapping[str, tuple[str, ...]] = {
+    "fp32": ("cpu", "cuda"),
+    "opt": ("cpu", "cuda"),
+    "int8": ("cpu",),
+    "fp16": ("cuda",),
+}
+# What Encoder picks by default on each device: the first of these the folder has (all stored variants passed
+# their gates at export). Ordered by measured speed; see README "Variants".
+VARIANT_PREFERENCE: Mapping[str, tuple[str, ...]] = {
+    "cpu": ("int8", "opt", "fp32"),
+    "cuda": ("fp16", "opt", "fp32"),
+}
+
 
 def hidden_state_name(index: int) -> str:
     """Graph output name of hidden state ``index`` (0 = embeddings, N = last encoder layer)."""

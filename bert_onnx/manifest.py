@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,64 @@ class ParityReport:
 
 
 @dataclass(frozen=True)
+class Check:
+    """One measured quantity of a variant's gate and the limit it had to meet."""
+
+    name: str
+    value: float
+    limit: float
+    at_least: bool = False  # True: value >= limit passes; False: value <= limit passes
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """A stored model variant: its file, the devices it is for, and the gate it passed at export."""
+
+    file: str
+    devices: tuple[str, ...]
+    gate: str  # what was measured, against what, on which data
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def table(self) -> str:
+        width = max(len("check"), *(len(c.name) for c in self.checks))
+        lines = [f"{'check':<{width}}  {'measured':>10}  {'limit':>10}  result"]
+        for c in self.checks:
+            limit = f"{'>=' if c.at_least else '<='} {c.limit:.4g}"
+            lines.append(f"{c.name:<{width}}  {c.value:>10.4g}  {limit:>10}  {'ok' if c.passed else 'FAIL'}")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_parity(cls, file: str, devices: tuple[str, ...], report: ParityReport) -> VariantRecord:
+        return cls(
+            file=file,
+            devices=devices,
+            gate=f"max abs diff to PyTorch fp32 per output, non-padded positions ({report.description})",
+            checks=tuple(Check(f"{o.name} max abs diff", o.max_abs_diff, o.tolerance) for o in report.outputs),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantRecord:
+        return cls(
+            file=str(data["file"]),
+            devices=tuple(data["devices"]),
+            gate=str(data["gate"]),
+            checks=tuple(Check(**c) for c in data["checks"]),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to trust and describe a model folder."""
 
@@ -96,8 +155,19 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, VariantRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.variants:  # folders without a variants table hold the fp32 graph only
+            fp32 = VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], self.parity)
+            object.__setattr__(self, "variants", {"fp32": fp32})
+        for name, variant in self.variants.items():
+            if name not in interface.VARIANT_FILES or variant.file != interface.VARIANT_FILES[name]:
+                raise ModelFolderError(f"{interface.MANIFEST_FILE}: unknown variant {name!r} ({variant.file})")
+            if variant.file not in self.files:
+                raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {variant.file}")
+            if not variant.passed:
+                raise ModelFolderError(f"{interface.MANIFEST_FILE}: variant {name!r} is stored but failed its gate")
         expected = interface.output_names(self.num_layers)
         if tuple(self.outputs) != expected:
             raise ModelFolderError(
@@ -157,6 +227,7 @@ class Manifest:
                 format_version=version,
                 created=str(data.get("created", "")),
                 extra=dict(data.get("extra", {})),
+                variants={name: VariantRecord.from_dict(v) for name, v in data.get("variants", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ModelFolderError):
@@ -179,9 +250,10 @@ class Manifest:
     def write(self, folder: str | Path) -> None:
         atomic_write_text(Path(folder) / interface.MANIFEST_FILE, self.to_json())
 
-    def verify_files(self, folder: str | Path) -> None:
-        """Check that every recorded file exists and matches its SHA-256; raise naming the first bad file."""
-        for name, expected in self.files.items():
+    def verify_files(self, folder: str | Path, names: Iterable[str] | None = None) -> None:
+        """Check that recorded files (all, or ``names``) exist and match their SHA-256; raise naming a bad file."""
+        for name in self.files if names is None else names:
+            expected = self.files[name]
             path = Path(folder) / name
             if not path.is_file():
                 raise ModelFolderError(f"{path}: missing (listed in {interface.MANIFEST_FILE})")

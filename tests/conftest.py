@@ -74,7 +74,7 @@ def encoder(export_dir: Callable[[str], Path]) -> Callable[[str], Any]:
 
     def get(key: str) -> Any:
         if key not in encoders:
-            encoders[key] = Encoder(export_dir(key))
+            encoders[key] = Encoder(export_dir(key), variant="fp32")
         return encoders[key]
 
     return get

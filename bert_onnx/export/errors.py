@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bert_onnx.manifest import ParityReport
+from bert_onnx.manifest import ParityReport, VariantRecord
 
 
 class ExportError(RuntimeError):
@@ -16,3 +16,13 @@ class ParityError(ExportError):
         failing = ", ".join(f"{o.name} ({o.max_abs_diff:.2e})" for o in report.failures)
         super().__init__(f"parity check failed for {failing}\n{report.table()}")
         self.report = report
+
+
+class VariantGateError(ExportError):
+    """A requested variant missed its accuracy gate; carries the measured checks."""
+
+    def __init__(self, variant: str, record: VariantRecord) -> None:
+        failing = ", ".join(f"{c.name} ({c.value:.4g})" for c in record.failures)
+        super().__init__(f"variant {variant!r} failed its gate: {failing}\n{record.gate}\n{record.table()}")
+        self.variant = variant
+        self.record = record

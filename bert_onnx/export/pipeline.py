@@ -6,18 +6,19 @@ import datetime as dt
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from bert_onnx import __version__, interface
 from bert_onnx._files import atomic_write_text, install_dir, staging_dir
+from bert_onnx.export import variants as builders
 from bert_onnx.export.checkpoint import resolve_checkpoint
-from bert_onnx.export.errors import ExportError, ParityError
+from bert_onnx.export.errors import ExportError, ParityError, VariantGateError
 from bert_onnx.export.graph import DEFAULT_OPSET, SUPPORTED_OPSETS, export_graph, load_model
 from bert_onnx.export.tokenizer import convert_tokenizer
 from bert_onnx.export.validate import validate_graph
-from bert_onnx.manifest import Manifest, sha256_file
+from bert_onnx.manifest import Manifest, VariantRecord, sha256_file
 
 DEFAULT_MODEL = "bert-base-uncased"
 
@@ -53,12 +54,38 @@ def _check_target(output: Path, force: bool) -> None:
         )
 
 
+def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
+    """The variants to build, fp32 first (always: it is the reference and the source of the others)."""
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in interface.VARIANTS]
+    if unknown:
+        raise ExportError(
+            f"unknown variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(interface.VARIANTS)}"
+        )
+    chosen = ("fp32", *(v for v in interface.VARIANTS if v in variants and v != "fp32"))
+    if "fp16" in chosen:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ExportError(
+                "the fp16 variant is for CUDA and its gate runs on CUDA, but this onnxruntime has no "
+                f"CUDAExecutionProvider (available: {', '.join(ort.get_available_providers())}); export fp16 on a "
+                "GPU machine with onnxruntime-gpu, or leave it out"
+            )
+    return chosen
+
+
+_BUILDERS = {"opt": builders.build_opt, "int8": builders.build_int8, "fp16": builders.build_fp16}
+
+
 def export_model(
     model: str = DEFAULT_MODEL,
     output: str | Path = "bert-onnx-model",
     opset: int = DEFAULT_OPSET,
     force: bool = False,
     revision: str | None = None,
+    variants: Sequence[str] = ("fp32",),
     log: Callable[[str], None] = _stderr,
 ) -> Manifest:
     """Export ``model`` (hub id or checkpoint folder) to the folder ``output`` and return its manifest.
@@ -66,8 +93,12 @@ def export_model(
     The folder is built beside ``output`` and renamed into place only after ONNX Runtime matched PyTorch on
     every output within 1e-4 (:class:`ParityError` otherwise, and nothing is written). An existing ``output``
     is replaced only with ``force`` and only if it is empty or a previous export.
+
+    ``variants`` adds faster graphs beside ``model.onnx`` ("opt", "int8", "fp16"; see
+    :mod:`bert_onnx.export.variants`); each must pass its own gate or the export fails (:class:`VariantGateError`).
     """
     output = Path(output)
+    chosen = check_variants(variants)
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(
             f"opset={opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
@@ -100,6 +131,25 @@ def export_model(
         log(report.table())
         if not report.passed:
             raise ParityError(report)
+        records = {"fp32": VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], report)}
+        extra: dict[str, object] = {}
+        for name in chosen[1:]:
+            target = staged / interface.VARIANT_FILES[name]
+            step(f"building the {name} variant")
+            built = _BUILDERS[name](staged / interface.MODEL_FILE, target, config)
+            if built:
+                extra[f"{name}_fused_operators"] = built
+            step(f"checking the {name} variant's gate")
+            if name == "int8":
+                record = builders.gate_int8(bert, target, converted.reference)
+            elif name == "fp16":
+                record = builders.gate_fp16(bert, target, converted.reference, max_length)
+            else:
+                record = builders.gate_opt(bert, target, converted.reference, max_length)
+            log(record.table())
+            if not record.passed:
+                raise VariantGateError(name, record)
+            records[name] = record
         manifest = Manifest(
             source=checkpoint.source,
             revision=checkpoint.revision,
@@ -113,7 +163,10 @@ def export_model(
             versions=_versions(),
             inputs=interface.input_axes(),
             outputs=interface.output_axes(num_layers),
-            files={name: sha256_file(staged / name) for name in interface.CHECKSUMMED_FILES},
+            files={
+                name: sha256_file(staged / name)
+                for name in (*interface.CHECKSUMMED_FILES, *(r.file for r in records.values()))
+            },
             parity=report,
             notes=tuple(notes),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -121,7 +174,9 @@ def export_model(
                 "attn_implementation": "eager",
                 "exporter": "torch.onnx.export (TorchScript)",
                 "tokenizer_model_max_length": converted.model_max_length,
+                **extra,
             },
+            variants=records,
         )
         manifest.write(staged)
         install_dir(staged, output, replace=force)

@@ -37,9 +37,13 @@ class EncoderOutput:
 class Encoder:
     """A BERT model folder written by ``bert-onnx export``, run under ONNX Runtime.
 
-    Loading verifies every file's SHA-256 against ``manifest.json`` (``verify=False`` skips it) and creates one
-    session on ``device`` ("cpu" or "cuda"; CUDA never falls back to CPU silently). ``threads`` sets ONNX Runtime's
-    intra-op threads (default: its own choice, one per physical core).
+    Loading verifies the SHA-256 of every file it uses against ``manifest.json`` (``verify=False`` skips it) and
+    creates one session on ``device`` ("cpu" or "cuda"; CUDA never falls back to CPU silently). ``threads`` sets
+    ONNX Runtime's intra-op threads (default: its own choice, one per physical core).
+
+    ``variant`` picks the graph: "fp32", "opt", "int8" (CPU) or "fp16" (CUDA), among those the folder holds (see
+    ``bert-onnx info``). The default is the fastest stored variant for the device: int8, then opt, then fp32 on
+    CPU; fp16, then opt, then fp32 on CUDA. Every stored variant passed its accuracy gate at export.
     """
 
     def __init__(
@@ -48,25 +52,45 @@ class Encoder:
         device: str = "cpu",
         threads: int | None = None,
         verify: bool = True,
+        variant: str | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
         self.manifest = Manifest.read(self.model_dir)
+        self.variant = self._choose_variant(variant, device)
+        model_file = self.manifest.variants[self.variant].file
         if verify:
-            self.manifest.verify_files(self.model_dir)
+            self.manifest.verify_files(self.model_dir, [model_file, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
         self.device = device
         self.tokenizer = Tokenizer.from_file(
             self.model_dir / interface.TOKENIZER_FILE, pad_token_id=self.manifest.pad_token_id
         )
-        self._session = create_session(self.model_dir / interface.MODEL_FILE, device=device, threads=threads)
+        self._session = create_session(self.model_dir / model_file, device=device, threads=threads)
         graph_outputs = tuple(o.name for o in self._session.get_outputs())
         graph_inputs = tuple(i.name for i in self._session.get_inputs())
         if graph_outputs != self.manifest.output_names or graph_inputs != interface.INPUT_NAMES:
             raise ModelFolderError(
-                f"{self.model_dir / interface.MODEL_FILE}: graph inputs {list(graph_inputs)} / outputs "
+                f"{self.model_dir / model_file}: graph inputs {list(graph_inputs)} / outputs "
                 f"{list(graph_outputs)} do not match {interface.MANIFEST_FILE}"
             )
+
+    def _choose_variant(self, variant: str | None, device: str) -> str:
+        stored = self.manifest.variants
+        if device not in interface.VARIANT_PREFERENCE:
+            raise ValueError(f"device={device!r} is not one of {', '.join(interface.VARIANT_PREFERENCE)}")
+        if variant is None:
+            return next(v for v in interface.VARIANT_PREFERENCE[device] if v in stored)
+        if variant not in interface.VARIANTS:
+            raise ValueError(f"variant={variant!r} is not one of {', '.join(interface.VARIANTS)}")
+        if variant not in stored:
+            raise ValueError(
+                f"variant={variant!r} is not in {self.model_dir} (it has {', '.join(stored)}); "
+                f"export it with --variants {variant}"
+            )
+        if device not in stored[variant].devices:
+            raise ValueError(f"variant={variant!r} runs on {', '.join(stored[variant].devices)}, not device={device!r}")
+        return variant
 
     @property
     def num_layers(self) -> int:
@@ -83,8 +107,8 @@ class Encoder:
 
     def __repr__(self) -> str:
         return (
-            f"Encoder({str(self.model_dir)!r}, device={self.device!r}, layers={self.num_layers}, "
-            f"hidden={self.hidden_size})"
+            f"Encoder({str(self.model_dir)!r}, device={self.device!r}, variant={self.variant!r}, "
+            f"layers={self.num_layers}, hidden={self.hidden_size})"
         )
 
     # -- running ---------------------------------------------------------------------------------------------
