@@ -161,3 +161,28 @@ def test_empty_input_gives_empty_results(encoder: Callable[[str], Any]) -> None:
     assert padded.last_hidden_state.shape == (0, 16, 384)
     ran = enc.run(np.zeros((0, 5), dtype=np.int64))
     assert ran.last_hidden_state.shape == (0, 5, 384)
+
+
+def test_token_budget_bounds_each_batch(encoder: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long texts go in small batches, short ones in full batches: rows x longest <= max_tokens."""
+    enc = encoder("minilm")
+    shapes: list[tuple[int, int]] = []
+    session = enc._session
+
+    class Recorder:
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+            shapes.append(feeds["input_ids"].shape)
+            return session.run(names, feeds)
+
+    monkeypatch.setattr(enc, "_session", Recorder())
+    texts = ["word " * 600] * 5 + ["short text"] * 40
+    vectors = enc.embed(texts, batch_size=32, max_tokens=1024)
+    assert shapes == [(2, 512), (2, 512), (2, 512), (32, 4), (7, 4)]  # the 5th long text shares with a short one
+    monkeypatch.undo()
+    np.testing.assert_allclose(vectors, enc.embed(texts), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("max_tokens", [0, 100, 2.5])
+def test_bad_token_budget(encoder: Callable[[str], Any], max_tokens: Any) -> None:
+    with pytest.raises(ValueError, match=r"max_tokens=.* must be an int >= max_length"):
+        encoder("minilm").embed(["x"], max_tokens=max_tokens)

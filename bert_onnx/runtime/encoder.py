@@ -207,14 +207,16 @@ class Encoder:
         max_length: int | None = None,
         truncation: bool = True,
         progress: Callable[[int], object] | None = None,
+        max_tokens: int = 8192,
     ) -> np.ndarray:
         """One float32 vector per text, shape ``(len(texts), dim)``, in input order.
 
         ``pooling``: "cls" (the [CLS] vector), "pooler" (``pooler_output``: dense + tanh over [CLS]) or "mean"
         (average over real tokens). ``layers`` pools hidden states instead of ``last_hidden_state`` (e.g.
         ``[-4, -3, -2, -1]``, the last four) and ``combine`` joins them: "concat" (dim = hidden * len(layers)) or
-        "mean". ``normalize`` scales each vector to unit length. Texts are batched by length (``batch_size`` per
-        batch, padded to each batch's longest) and only the outputs the recipe needs are fetched.
+        "mean". ``normalize`` scales each vector to unit length. Texts are sorted by length into batches of at most
+        ``batch_size`` texts and ``max_tokens`` padded tokens (so a batch of long texts stays small and memory stays
+        bounded), each padded only to its own longest text; only the outputs the recipe needs are fetched.
         ``progress(n)`` is called after each batch with the number of texts it finished.
         """
         recipe = Pooling.create(pooling, layers, combine, normalize, self.num_layers)
@@ -222,12 +224,17 @@ class Encoder:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive int")
         max_length = self._check_max_length(max_length)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < max_length:
+            raise ValueError(f"max_tokens={max_tokens!r} must be an int >= max_length ({max_length})")
         result = np.empty((len(batch), recipe.dim(self.hidden_size)), dtype=np.float32)
         encodings = self.tokenizer.encodings(batch, max_length, truncation)
         # Longest first, so each batch is padded only to lengths close to its own and memory peaks early.
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        start = 0
+        while start < len(order):
+            width = len(encodings[order[start]].ids)  # the batch's longest row: its first
+            rows = order[start : start + max(1, min(batch_size, max_tokens // width))]
+            start += len(rows)
             tokens = self.tokenizer.pad([encodings[i] for i in rows], "longest", max_length)
             outputs = self._forward(tokens, recipe.fetch)
             result[rows] = recipe(outputs, tokens.attention_mask)
