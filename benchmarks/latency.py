@@ -1,4 +1,4 @@
-"""ONNX Runtime fp32 (our runtime) against PyTorch eager, all outputs, same process, interleaved.
+"""Our runtime (every variant the folder holds) against PyTorch eager, all outputs, same process, interleaved.
 
     python -m benchmarks.latency --model-dir DIR --checkpoint CKPT [--shapes 1x7 8x128] [--repeats 20]
 
@@ -40,11 +40,11 @@ def _engines(model_dir: Path, checkpoint: Path, threads: int) -> dict[str, Calla
     import torch
 
     from bert_onnx.export.graph import load_model
+    from bert_onnx.manifest import Manifest
     from bert_onnx.runtime import Encoder
 
     torch.set_num_threads(threads)
     model, _ = load_model(checkpoint)
-    encoder = Encoder(model_dir, threads=threads)
 
     def pytorch_eager(ids: np.ndarray, mask: np.ndarray) -> Any:
         with torch.no_grad():
@@ -52,10 +52,11 @@ def _engines(model_dir: Path, checkpoint: Path, threads: int) -> dict[str, Calla
                 input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True
             )
 
-    def onnxruntime_fp32(ids: np.ndarray, mask: np.ndarray) -> Any:
-        return encoder.run(ids, mask)
-
-    return {"pytorch-eager": pytorch_eager, "onnxruntime-fp32": onnxruntime_fp32}
+    engines: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {"pytorch-eager": pytorch_eager}
+    for variant, record in Manifest.read(model_dir).variants.items():
+        if "cpu" in record.devices:
+            engines[f"bert-onnx-{variant}"] = Encoder(model_dir, threads=threads, variant=variant).run
+    return engines
 
 
 def run(model_dir: Path, checkpoint: Path, shapes: list[tuple[int, int]], repeats: int, warmup: int, threads: int):
