@@ -163,3 +163,13 @@ def test_cli_embed_with_a_variant(variants_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     expected = Encoder(variants_dir, variant="opt").embed(["I love Korea", "Seoul"], pooling="mean")
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-6)
+
+
+def test_int8_ladder_keeps_ffn_down_projections_float_from_the_first_layer(variants_dir: Path) -> None:
+    from bert_onnx.export.variants import int8_ladder
+
+    ladder = int8_ladder(variants_dir / interface.MODEL_FILE)
+    down = [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
+    assert ladder == [down[:1], down[:2], down[:3]]
+    gate = Manifest.read(variants_dir).variants["int8"].gate
+    assert "kept in float: /model/encoder/layer.0/output/dense/MatMul" in gate
