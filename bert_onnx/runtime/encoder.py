@@ -43,7 +43,8 @@ class Encoder:
 
     ``variant`` picks the graph: "fp32", "opt", "int8" (CPU) or "fp16" (CUDA), among those the folder holds (see
     ``bert-onnx info``). The default is the fastest stored variant for the device: int8, then fp32 on CPU (opt
-    measured no faster there); fp16, then opt, then fp32 on CUDA. Every stored variant passed its accuracy gate at export.
+    measured no faster there); fp16, then opt, then fp32 on CUDA. Every stored variant passed its accuracy gate at
+    export.
     """
 
     def __init__(
