@@ -76,9 +76,6 @@ def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
     return chosen
 
 
-_BUILDERS = {"opt": builders.build_opt, "fp16": builders.build_fp16}
-
-
 def export_model(
     model: str = DEFAULT_MODEL,
     output: str | Path = "bert-onnx-model",
@@ -134,28 +131,15 @@ def export_model(
         records = {"fp32": VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], report)}
         extra: dict[str, object] = {}
         for name in chosen[1:]:
-            target = staged / interface.VARIANT_FILES[name]
             step(f"building the {name} variant and checking its gate")
-            if name == "int8":  # built and gated together: the recipe climbs a ladder until the gate passes
-                record = builders.build_int8_gated(
-                    bert, staged / interface.MODEL_FILE, target, converted.reference, log
-                )
-                log(record.table())
-                if not record.passed:
-                    raise VariantGateError(name, record)
-                records[name] = record
-                continue
-            built = _BUILDERS[name](staged / interface.MODEL_FILE, target, config)
-            if built:
-                extra[f"{name}_fused_operators"] = built
-            if name == "fp16":
-                record = builders.gate_fp16(bert, target, converted.reference, max_length)
-            else:
-                record = builders.gate_opt(bert, target, converted.reference, max_length)
+            target = staged / interface.VARIANT_FILES[name]
+            build = builders.Build(bert, staged / interface.MODEL_FILE, target, converted.reference, max_length, log)
+            record, details = builders.MAKERS[name](build)
             log(record.table())
             if not record.passed:
                 raise VariantGateError(name, record)
             records[name] = record
+            extra.update(details)
         manifest = Manifest(
             source=checkpoint.source,
             revision=checkpoint.revision,

@@ -79,13 +79,22 @@ def torch_outputs(model: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndar
     return {name: value.numpy() for name, value in zip(names, values, strict=True)}
 
 
-def validate_graph(model: Any, onnx_path: Path, tokenizer: Any, max_length: int) -> ParityReport:
-    """Run PyTorch and ONNX Runtime (CPU) on :func:`validation_batch` and compare every output."""
+def run_both(
+    model: Any, onnx_path: Path, tokenizer: Any, max_length: int, device: str = "cpu"
+) -> tuple[dict[str, np.ndarray], str, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`validation_batch` through PyTorch and through the graph on ``device``:
+    (batch, its description, PyTorch's outputs, the graph's outputs), outputs by name."""
     batch, description = validation_batch(tokenizer, max_length)
     expected = torch_outputs(model, batch)
-    session = create_session(onnx_path, device="cpu")
+    session = create_session(onnx_path, device=device)
     names = list(expected)
     actual = dict(zip(names, session.run(names, batch), strict=True))
+    return batch, description, expected, actual
+
+
+def validate_graph(model: Any, onnx_path: Path, tokenizer: Any, max_length: int) -> ParityReport:
+    """Run PyTorch and ONNX Runtime (CPU) on :func:`validation_batch` and compare every output."""
+    batch, description, expected, actual = run_both(model, onnx_path, tokenizer, max_length)
     return ParityReport(
         batch_size=int(batch["input_ids"].shape[0]),
         sequence_length=int(batch["input_ids"].shape[1]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 
 from bert_onnx import interface
 from bert_onnx.export.errors import ExportError
-from bert_onnx.export.validate import torch_outputs, validate_graph, validation_batch
+from bert_onnx.export.validate import run_both, validate_graph
 from bert_onnx.manifest import Check, VariantRecord
 from bert_onnx.runtime.session import create_session
 
@@ -218,14 +219,10 @@ def build_fp16(fp32_path: Path, target: Path, config: Any) -> None:
 
 
 def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> VariantRecord:
-    batch, description = validation_batch(tokenizer, max_length)
-    expected = torch_outputs(model, batch)
-    session = create_session(target, device="cuda")
-    names = list(expected)
-    actual = dict(zip(names, session.run(names, batch), strict=True))
+    batch, description, expected, actual = run_both(model, target, tokenizer, max_length, device="cuda")
     keep = batch["attention_mask"].astype(bool)
     checks = []
-    for name in names:
+    for name in expected:
         ref, out = expected[name].astype(np.float64), actual[name].astype(np.float64)
         if name != interface.POOLER_OUTPUT:
             ref, out = ref[keep], out[keep]  # (tokens, H)
@@ -237,3 +234,41 @@ def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> Vari
         gate=f"per-token cosine to PyTorch fp32 on CUDA, non-padded positions ({description})",
         checks=tuple(checks),
     )
+
+
+# -- one entry point per variant ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Build:
+    """What every variant builder needs: the PyTorch model (the reference), the fp32 graph, where to write."""
+
+    model: Any
+    fp32_path: Path
+    target: Path
+    tokenizer: Any  # the transformers tokenizer, for gate inputs
+    max_length: int
+    log: Callable[[str], None]
+
+
+def make_opt(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    fused = build_opt(build.fp32_path, build.target, build.model.config)
+    record = gate_opt(build.model, build.target, build.tokenizer, build.max_length)
+    return record, {"opt_fused_operators": fused}
+
+
+def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    return build_int8_gated(build.model, build.fp32_path, build.target, build.tokenizer, build.log), {}
+
+
+def make_fp16(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    build_fp16(build.fp32_path, build.target, build.model.config)
+    return gate_fp16(build.model, build.target, build.tokenizer, build.max_length), {}
+
+
+# Builds the variant at ``build.target`` and measures its gate; the caller decides what a failed gate means.
+MAKERS: dict[str, Callable[[Build], tuple[VariantRecord, dict[str, object]]]] = {
+    "opt": make_opt,
+    "int8": make_int8,
+    "fp16": make_fp16,
+}
