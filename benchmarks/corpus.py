@@ -11,19 +11,17 @@ mean/min cosine to PyTorch fp32 and top-10 neighbour agreement.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.latency import _cpu_name
-from bert_onnx._files import atomic_write_text
+from benchmarks.results_io import write_results
 
 BATCH = 32
 
@@ -60,9 +58,11 @@ def _engines(model_dir: Path, checkpoint: Path, threads: int) -> dict[str, Calla
     }
     for variant, record in Manifest.read(model_dir).variants.items():
         if "cpu" in record.devices:
-            encoder = Encoder(model_dir, threads=threads, variant=variant)
-            engines[f"bert-onnx-{variant}"] = lambda texts, e=encoder: e.embed(
-                texts, pooling="mean", normalize=True, batch_size=BATCH
+            engines[f"bert-onnx-{variant}"] = partial(
+                Encoder(model_dir, threads=threads, variant=variant).embed,
+                pooling="mean",
+                normalize=True,
+                batch_size=BATCH,
             )
     return engines
 
@@ -130,18 +130,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = run(args.model_dir, args.checkpoint, args.texts, args.repeats, args.threads)
     result = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count()},
         "model": {"dir": str(args.model_dir), "checkpoint": str(args.checkpoint), "label": args.label},
         "corpus": "pydoc_data.topics paragraphs (Python reference documentation)",
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    atomic_write_text(args.out / f"corpus-{stamp}.json", json.dumps(result, indent=2) + "\n")
-    table = markdown(rows)
-    atomic_write_text(args.out / f"corpus-{stamp}.md", f"{args.label}\n\n{table}\n")
-    print(table)
+    write_results(args.out, "corpus", result, markdown(rows), args.label)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ return all 2 + N + 1 outputs. Writes a JSON file of numbers (one row per engine 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -23,17 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_onnx._files import atomic_write_text
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.results_io import write_results
 
 
 def _engines(model_dir: Path, checkpoint: Path, threads: int) -> dict[str, Callable[[np.ndarray, np.ndarray], Any]]:
@@ -123,18 +111,11 @@ def main() -> None:
     rows = run(args.model_dir, args.checkpoint, shapes, args.repeats, args.warmup, args.threads)  # type: ignore[arg-type]
     versions = {p: metadata.version(p) for p in ("torch", "transformers", "onnxruntime", "numpy")}
     result = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": versions,
         "model": {"dir": str(args.model_dir), "checkpoint": str(args.checkpoint), "label": args.label},
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    atomic_write_text(args.out / f"latency-{stamp}.json", json.dumps(result, indent=2) + "\n")
-    table = markdown(rows)
-    atomic_write_text(args.out / f"latency-{stamp}.md", f"{args.label}\n\n{table}\n")
-    print(table)
+    write_results(args.out, "latency", result, markdown(rows), args.label)
 
 
 if __name__ == "__main__":
