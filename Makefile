@@ -13,7 +13,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,test,bench]"
 	touch $@
 
 checkpoints: $(CHECKPOINTS)

@@ -1,10 +1,16 @@
-"""Our runtime (every variant the folder holds) against PyTorch eager, all outputs, same process, interleaved.
+"""Our runtime (every CPU variant the folder holds) against PyTorch eager, all outputs, same process, interleaved.
 
-    python -m benchmarks.latency --model-dir DIR --checkpoint CKPT [--shapes 1x7 8x128] [--repeats 20]
+    python -m benchmarks.latency --model-dir DIR --checkpoint CKPT [--shapes 1x7 8x128 | --grid] [--repeats 20]
 
-DIR is a folder written by ``bert-onnx export CKPT``. Every repeat times each engine once, in alternating order,
-on the same random ids (full attention mask), so drift on a noisy machine hits both engines alike. Both engines
-return all 2 + N + 1 outputs. Writes a JSON file of numbers (one row per engine and shape) and a Markdown table.
+DIR is a folder written by ``bert-onnx export CKPT``. ``--grid`` adds batch {1, 8, 32} × sequence {8, 32, 128, 512}
+after the ``--shapes`` (default: the two target shapes, 1×7 and 8×128). Every repeat times each engine once, in
+alternating order, on the same random ids (full attention mask), so drift on a noisy machine hits every engine
+alike; a shape gets fewer repeats (at least 3) when one round of all engines takes longer than ``--budget`` /
+``--repeats`` seconds.
+Every engine returns all 2 + N + 1 outputs. Peak RSS is measured per engine in a subprocess of its own (load, then
+one run of the largest shape), so one engine's memory does not hide another's.
+
+Writes JSON (machine, versions, one row per engine and shape), a Markdown table and, with ``--plot``, a PNG.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -21,50 +29,78 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.results_io import write_results
+from benchmarks.results_io import vm_hwm_mb, write_results
+
+GRID = [(b, s) for b in (1, 8, 32) for s in (8, 32, 128, 512)]
+PYTORCH = "pytorch-eager"
+
+Engine = Callable[[np.ndarray, np.ndarray], Any]
 
 
-def _engines(model_dir: Path, checkpoint: Path, threads: int) -> dict[str, Callable[[np.ndarray, np.ndarray], Any]]:
-    import torch
-
-    from bert_onnx.export.graph import load_model
+def engine_names(model_dir: Path) -> list[str]:
     from bert_onnx.manifest import Manifest
+
+    variants = Manifest.read(model_dir).variants
+    return [PYTORCH] + [f"bert-onnx-{v}" for v, record in variants.items() if "cpu" in record.devices]
+
+
+def make_engine(name: str, model_dir: Path, checkpoint: Path, threads: int) -> Engine:
+    if name == PYTORCH:
+        import torch
+
+        from bert_onnx.export.graph import load_model
+
+        torch.set_num_threads(threads)
+        model, _ = load_model(checkpoint)
+
+        def pytorch_eager(ids: np.ndarray, mask: np.ndarray) -> Any:
+            with torch.no_grad():
+                return model(
+                    input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True
+                )
+
+        return pytorch_eager
     from bert_onnx.runtime import Encoder
 
-    torch.set_num_threads(threads)
-    model, _ = load_model(checkpoint)
-
-    def pytorch_eager(ids: np.ndarray, mask: np.ndarray) -> Any:
-        with torch.no_grad():
-            return model(
-                input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True
-            )
-
-    engines: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {"pytorch-eager": pytorch_eager}
-    for variant, record in Manifest.read(model_dir).variants.items():
-        if "cpu" in record.devices:
-            engines[f"bert-onnx-{variant}"] = Encoder(model_dir, threads=threads, variant=variant).run
-    return engines
+    return Encoder(model_dir, threads=threads, variant=name.removeprefix("bert-onnx-")).run
 
 
-def run(model_dir: Path, checkpoint: Path, shapes: list[tuple[int, int]], repeats: int, warmup: int, threads: int):
-    engines = _engines(model_dir, checkpoint, threads)
+def _inputs(rng: np.random.Generator, vocab: int, batch: int, sequence: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = rng.integers(1000, vocab, size=(batch, sequence), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return ids, np.ones_like(ids)
+
+
+def run(
+    model_dir: Path,
+    checkpoint: Path,
+    shapes: list[tuple[int, int]],
+    repeats: int,
+    warmup: int,
+    threads: int,
+    budget: float,
+) -> list[dict[str, Any]]:
+    names = engine_names(model_dir)
+    engines = {name: make_engine(name, model_dir, checkpoint, threads) for name in names}
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     rng = np.random.default_rng(0)
     rows = []
     for batch, sequence in shapes:
-        ids = rng.integers(1000, vocab, size=(batch, sequence), dtype=np.int64)
-        ids[:, 0], ids[:, -1] = 101, 102
-        mask = np.ones_like(ids)
-        times: dict[str, list[float]] = {name: [] for name in engines}
-        names = list(engines)
-        for repeat in range(warmup + repeats):
+        ids, mask = _inputs(rng, vocab, batch, sequence)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        planned, repeat = warmup + repeats, 0
+        while repeat < planned:
+            started_round = time.perf_counter()
             for name in names if repeat % 2 == 0 else names[::-1]:
                 started = time.perf_counter()
                 engines[name](ids, mask)
                 if repeat >= warmup:
                     times[name].append(time.perf_counter() - started)
-        reference = statistics.median(times["pytorch-eager"])
+            if repeat == 0:  # one round's cost is known: fit the remaining repeats into the budget
+                per_round = time.perf_counter() - started_round
+                planned = warmup + max(3, min(repeats, int(budget / per_round)))
+            repeat += 1
+        reference = statistics.median(times[PYTORCH])
         for name, samples in times.items():
             median = statistics.median(samples)
             rows.append(
@@ -73,27 +109,79 @@ def run(model_dir: Path, checkpoint: Path, shapes: list[tuple[int, int]], repeat
                     "batch": batch,
                     "sequence": sequence,
                     "threads": threads,
-                    "repeats": repeats,
+                    "repeats": len(samples),
                     "median_ms": median * 1e3,
-                    "p90_ms": float(np.percentile(samples, 90)) * 1e3,
+                    "p99_ms": float(np.percentile(samples, 99)) * 1e3,
                     "sequences_per_s": batch / median,
+                    "tokens_per_s": batch * sequence / median,
                     "speedup_vs_pytorch_eager": reference / median,
                 }
             )
+        print(f"{batch}×{sequence}: {len(times[PYTORCH])} repeats", file=sys.stderr, flush=True)
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def peak_rss(name: str, model_dir: Path, checkpoint: Path, threads: int, shape: tuple[int, int]) -> float:
+    """Peak RSS in MB of a fresh process that loads one engine and runs ``shape`` once."""
+    command = [sys.executable, "-m", "benchmarks.latency", "--model-dir", str(model_dir), "--checkpoint"]
+    command += [
+        str(checkpoint),
+        "--threads",
+        str(threads),
+        "--peak-rss-of",
+        name,
+        "--shapes",
+        "x".join(map(str, shape)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def markdown(rows: list[dict[str, Any]], rss: dict[str, float]) -> str:
     lines = [
-        "| engine | batch × seq | median ms | p90 ms | seq/s | × PyTorch eager |",
-        "|---|---|---|---|---|---|",
+        "| engine | batch × seq | median ms | p99 ms | n | seq/s | tokens/s | × PyTorch eager |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['engine']} | {r['batch']} × {r['sequence']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
-            f"{r['sequences_per_s']:.1f} | {r['speedup_vs_pytorch_eager']:.2f} |"
+            f"| {r['engine']} | {r['batch']} × {r['sequence']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['repeats']} | {r['sequences_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+            f"{r['speedup_vs_pytorch_eager']:.2f} |"
         )
+    if rss:
+        lines += ["", "| engine | peak RSS MB (load + one run of the largest shape) |", "|---|---|"]
+        lines += [f"| {name} | {mb:.0f} |" for name, mb in rss.items()]
     return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in rows})
+    figure, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for axis, batch in zip(axes[0], batches, strict=True):
+        for engine in dict.fromkeys(r["engine"] for r in rows):
+            points = sorted(
+                (r["sequence"], r["tokens_per_s"]) for r in rows if r["batch"] == batch and r["engine"] == engine
+            )
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=engine)
+        axis.set(
+            title=f"batch {batch}", xlabel="sequence length (tokens)", ylabel="tokens/s", xscale="log", yscale="log"
+        )
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend()
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _shape(text: str) -> tuple[int, int]:
+    batch, sequence = text.lower().split("x")
+    return int(batch), int(sequence)
 
 
 def main() -> None:
@@ -101,21 +189,44 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint DIR was exported from")
     parser.add_argument("--shapes", nargs="+", default=["1x7", "8x128"], help="BATCHxSEQUENCE (default: 1x7 8x128)")
+    parser.add_argument("--grid", action="store_true", help="add batch {1, 8, 32} × sequence {8, 32, 128, 512}")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds of timed repeats per shape, about")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-engine peak RSS subprocesses")
+    parser.add_argument("--plot", action="store_true", help="also write a PNG of tokens/s per shape")
     parser.add_argument("--label", default="", help="what the weights are, e.g. 'bert-base shape, RANDOM weights'")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--peak-rss-of", help=argparse.SUPPRESS)  # internal: the per-engine subprocess
     args = parser.parse_args()
-    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes]
-    rows = run(args.model_dir, args.checkpoint, shapes, args.repeats, args.warmup, args.threads)  # type: ignore[arg-type]
+    shapes = list(dict.fromkeys([_shape(s) for s in args.shapes] + (GRID if args.grid else [])))
+    if args.peak_rss_of:
+        engine = make_engine(args.peak_rss_of, args.model_dir, args.checkpoint, args.threads)
+        batch, sequence = shapes[0]
+        vocab = json.loads((args.model_dir / "config.json").read_text())["vocab_size"]
+        engine(*_inputs(np.random.default_rng(0), vocab, batch, sequence))
+        print(json.dumps({"peak_rss_mb": vm_hwm_mb()}))
+        return
+    rows = run(args.model_dir, args.checkpoint, shapes, args.repeats, args.warmup, args.threads, args.budget)
+    largest = max(shapes, key=lambda s: s[0] * s[1])
+    rss = (
+        {}
+        if args.no_rss
+        else {
+            n: peak_rss(n, args.model_dir, args.checkpoint, args.threads, largest) for n in engine_names(args.model_dir)
+        }
+    )
     versions = {p: metadata.version(p) for p in ("torch", "transformers", "onnxruntime", "numpy")}
     result = {
         "versions": versions,
         "model": {"dir": str(args.model_dir), "checkpoint": str(args.checkpoint), "label": args.label},
         "rows": rows,
+        "peak_rss_mb": {"shape": list(largest), **rss},
     }
-    write_results(args.out, "latency", result, markdown(rows), args.label)
+    path = write_results(args.out, "latency", result, markdown(rows, rss), args.label)
+    if args.plot:
+        plot(rows, path.with_suffix(".png"), args.label)
 
 
 if __name__ == "__main__":

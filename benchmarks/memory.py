@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.results_io import vm_hwm_mb
 
 
 def rss_mb() -> float:
@@ -51,7 +52,7 @@ def main() -> None:
         "rss_after_warmup_mb": round(after_warmup, 1),
         "rss_final_mb": round(final, 1),
         "growth_percent": round(100 * (final - after_warmup) / after_warmup, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(vm_hwm_mb(), 1),
     }
     print(json.dumps(result))
 

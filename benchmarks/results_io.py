@@ -11,6 +11,20 @@ from typing import Any
 
 from bert_onnx._files import atomic_write_text
 
+# The instruction sets that decide which kernels ONNX Runtime, PyTorch and OpenVINO can use: int8 dot products
+# (VNNI), bf16 GEMM (AVX512_BF16, AMX). Cloud VMs often hide some of the host CPU's, so record what this one shows.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
 
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
@@ -21,11 +35,28 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()}
+    flags = cpu_flags()
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "python": platform.python_version(),
+    }
 
 
-def write_results(out: Path, name: str, result: dict[str, Any], table: str, label: str) -> None:
-    """Write ``out/NAME-STAMP.json`` (numbers, run time, machine) and ``.md`` (label and table); print the table."""
+def vm_hwm_mb() -> float:
+    """This process's peak RSS. Not ``ru_maxrss``: Linux carries that over from the parent across fork + exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def write_results(out: Path, name: str, result: dict[str, Any], table: str, label: str) -> Path:
+    """Write ``out/NAME-STAMP.json`` (numbers, run time, machine) and ``.md`` (label and table); print the table.
+
+    Returns the JSON file's path.
+    """
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
     stamp = now.strftime("%Y%m%d-%H%M%S")
@@ -33,3 +64,4 @@ def write_results(out: Path, name: str, result: dict[str, Any], table: str, labe
     atomic_write_text(out / f"{name}-{stamp}.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / f"{name}-{stamp}.md", f"{label}\n\n{table}\n")
     print(table)
+    return out / f"{name}-{stamp}.json"
