@@ -34,6 +34,16 @@ def checkpoint_path(key: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep ONNX Runtime's optimized-graph cache of this test session out of the user's ~/.cache."""
+    from bert_onnx.runtime.session import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("session-cache")
+    os.environ[CACHE_ENV] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``export_dir(key)``: the checkpoint's model folder, exported once per test session."""
@@ -49,6 +59,16 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return folders[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def variants_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real pretrained weights (b) exported with fp32, opt and int8, once per session."""
+    from bert_onnx.export import export_model
+
+    target = tmp_path_factory.mktemp("variants") / "model"
+    export_model(str(checkpoint_path("minilm")), target, variants=("fp32", "opt", "int8"), log=lambda m: None)
+    return target
 
 
 @pytest.fixture(scope="session")

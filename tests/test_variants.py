@@ -23,14 +23,6 @@ from bert_onnx.runtime import Encoder
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-@pytest.fixture(scope="session")
-def variants_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real pretrained weights (b) exported with fp32, opt and int8, once per session."""
-    target = tmp_path_factory.mktemp("variants") / "model"
-    export_model(str(checkpoint_path("minilm")), target, variants=("fp32", "opt", "int8"), log=lambda m: None)
-    return target
-
-
 def test_manifest_records_every_variant_and_its_gate(variants_dir: Path) -> None:
     manifest = Manifest.read(variants_dir)
     assert list(manifest.variants) == ["fp32", "opt", "int8"]

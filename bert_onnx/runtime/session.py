@@ -1,24 +1,71 @@
-"""ONNX Runtime session setup: one place that picks the execution provider and proves it got it."""
+"""ONNX Runtime session setup: one place that picks the execution provider and proves it got it.
+
+ONNX Runtime rewrites a graph at every load (constant folding, fusions), which for bert-base takes seconds. With a
+``cache_dir`` the rewritten graph is saved once, keyed by the source file's SHA-256, the device and the ONNX Runtime
+version, and later loads start from it with the rewrites that are already done switched off.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 from pathlib import Path
 
 import onnxruntime as ort
 
-from bert_onnx.manifest import ModelFolderError
+from bert_onnx._files import atomic_write_text
+from bert_onnx.manifest import ModelFolderError, sha256_file
 
 DEVICES: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+CACHE_ENV = "BERT_ONNX_SESSION_CACHE"
 
 
 class ProviderError(RuntimeError):
     """The requested device's execution provider is not available, or the session did not use it."""
 
 
-def create_session(model_path: str | Path, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+def default_cache_dir() -> Path:
+    """``$BERT_ONNX_SESSION_CACHE``, else ``$XDG_CACHE_HOME/bert-onnx/sessions`` (``~/.cache/...``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bert-onnx" / "sessions"
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's provider-assignment warnings are noise for users
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def _cached_graph(cache_dir: Path, model_sha256: str, device: str) -> tuple[Path, Path]:
+    stem = f"{model_sha256[:40]}-{device}-ort{ort.__version__}"
+    return cache_dir / f"{stem}.onnx", cache_dir / f"{stem}.sha256"
+
+
+def _load_cached(graph: Path, digest: Path) -> bool:
+    """Whether a complete, unmodified cached graph is there (its own SHA-256 recorded beside it)."""
+    try:
+        return graph.is_file() and digest.read_text().strip() == sha256_file(graph)
+    except OSError:
+        return False
+
+
+def create_session(
+    model_path: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    model_sha256: str | None = None,
+) -> ort.InferenceSession:
     """An InferenceSession on ``device`` ("cpu" or "cuda"), never silently on another device.
 
     ``threads`` sets ONNX Runtime's intra-op threads; ``None`` keeps its default (one per physical core).
+    ``cache_dir`` with ``model_sha256`` (the verified SHA-256 of ``model_path``) enables the optimized-graph cache.
     """
     if device not in DEVICES:
         raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
@@ -32,11 +79,6 @@ def create_session(model_path: str | Path, device: str = "cpu", threads: int | N
             f"(available: {', '.join(available)}). For CUDA install onnxruntime-gpu in place of onnxruntime: "
             "pip uninstall -y onnxruntime && pip install 'bert-onnx[gpu]'"
         )
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's provider-assignment warnings are noise for users
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
     # CPU stays listed after CUDA for the few shape ops ORT places there by design; the check below still refuses a
     # session whose first provider is not CUDA, i.e. one where CUDA failed to initialise.
     # TF32 off: PyTorch's fp32 matmuls do not use it by default either, and it costs ~1e-3 of parity.
@@ -44,10 +86,10 @@ def create_session(model_path: str | Path, device: str = "cpu", threads: int | N
     path = Path(model_path)
     if not path.is_file():
         raise ModelFolderError(f"{path}: missing model file")
-    try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidProtobuf, ...) for unreadable graphs
-        raise ModelFolderError(f"{path}: ONNX Runtime cannot load this model ({exc})") from exc
+    if cache_dir is not None and model_sha256 is not None:
+        session = _cached_session(path, providers, threads, Path(cache_dir), model_sha256, device)
+    else:
+        session = _session(path, _options(threads), providers)
     used = session.get_providers()
     if not used or used[0] != provider:
         raise ProviderError(
@@ -55,4 +97,44 @@ def create_session(model_path: str | Path, device: str = "cpu", threads: int | N
             f"(available: {', '.join(available)}); refusing to fall back silently. "
             "Check the CUDA and cuDNN libraries that onnxruntime-gpu needs."
         )
+    return session
+
+
+def _session(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidProtobuf, ...) for unreadable graphs
+        raise ModelFolderError(f"{path}: ONNX Runtime cannot load this model ({exc})") from exc
+
+
+def _cached_session(
+    path: Path, providers: list, threads: int | None, cache_dir: Path, model_sha256: str, device: str
+) -> ort.InferenceSession:
+    graph, digest = _cached_graph(cache_dir, model_sha256, device)
+    if _load_cached(graph, digest):
+        options = _options(threads)
+        # Only the hardware-specific rewrites are left to do; the extended ones are already in the saved graph.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        with contextlib.suppress(ModelFolderError):  # an unreadable cache entry is rebuilt below
+            return _session(graph, options, providers)
+    options = _options(threads)
+    # Saved at the extended level: ORT_ENABLE_ALL adds layout rewrites tied to this exact CPU.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staged = cache_dir / f".{graph.name}.{os.getpid()}.tmp"
+        options.optimized_model_filepath = str(staged)
+    except OSError as exc:
+        message = f"bert-onnx: cannot write the session cache in {cache_dir} ({exc}); loading without it"
+        warnings.warn(message, stacklevel=4)
+        return _session(path, _options(threads), providers)
+    try:
+        session = _session(path, options, providers)
+        if staged.is_file():
+            os.replace(staged, graph)
+            atomic_write_text(digest, sha256_file(graph) + "\n")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+    # The session that wrote the cache ran at the extended level only; load the full-level one the next time.
     return session

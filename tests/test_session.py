@@ -1,0 +1,124 @@
+"""The optimized-graph cache and IO binding: same numbers as a plain session, crash-safe and self-checking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import max_diffs, torch_reference
+
+from bert_onnx import interface
+from bert_onnx.runtime import Encoder
+
+TEXTS = ["I love Korea", "a longer sentence, with punctuation and more than a few tokens in it", ""]
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix == ".onnx")
+
+
+def _model_path(enc: Encoder) -> Path:
+    return Path(enc._session._model_path)
+
+
+def _same_outputs(a: Encoder, b: Encoder) -> None:
+    out_a, out_b = a.encode(TEXTS), b.encode(TEXTS)
+    mask = out_a.attention_mask.astype(bool)
+    for x, y in zip(out_a.hidden_states or (), out_b.hidden_states or (), strict=True):
+        np.testing.assert_allclose(x[mask], y[mask], atol=1e-6)
+    np.testing.assert_allclose(out_a.pooler_output, out_b.pooler_output, atol=1e-6)
+
+
+def test_second_load_starts_from_the_cached_graph(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    folder = export_dir("tiny")
+    first = Encoder(folder, variant="fp32", session_cache=tmp_path)
+    (graph,) = _entries(tmp_path)
+    assert graph.with_suffix(".sha256").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "staging file left behind"
+    second = Encoder(folder, variant="fp32", session_cache=tmp_path)
+    assert _model_path(second) == graph
+    assert _model_path(first) == folder / interface.VARIANT_FILES["fp32"]
+    _same_outputs(first, Encoder(folder, variant="fp32", session_cache=False))
+    _same_outputs(second, Encoder(folder, variant="fp32", session_cache=False))
+
+
+def test_cached_graph_keeps_parity_with_pytorch(
+    export_dir: Callable[[str], Path], torch_model: Callable[[str], Any], tmp_path: Path
+) -> None:
+    folder = export_dir("minilm")
+    Encoder(folder, variant="fp32", session_cache=tmp_path)
+    enc = Encoder(folder, variant="fp32", session_cache=tmp_path)
+    assert _model_path(enc).parent == tmp_path
+    out = enc.encode(TEXTS)
+    reference = torch_reference(torch_model("minilm"), out.input_ids, out.attention_mask, out.token_type_ids)
+    worst = max(max_diffs(reference, out, out.attention_mask).values())
+    assert worst <= interface.FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper", "drop-digest"])
+def test_damaged_cache_entry_is_rebuilt_not_used(
+    export_dir: Callable[[str], Path], tmp_path: Path, damage: str
+) -> None:
+    folder = export_dir("tiny")
+    Encoder(folder, variant="fp32", session_cache=tmp_path)
+    (graph,) = _entries(tmp_path)
+    good = graph.read_bytes()
+    if damage == "truncate":
+        graph.write_bytes(good[: len(good) // 2])
+    elif damage == "tamper":
+        graph.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    else:
+        graph.with_suffix(".sha256").unlink()
+    enc = Encoder(folder, variant="fp32", session_cache=tmp_path)
+    assert _model_path(enc) == folder / interface.VARIANT_FILES["fp32"], "a damaged entry was loaded"
+    assert graph.read_bytes() == good, "the entry was not rebuilt"
+    _same_outputs(enc, Encoder(folder, variant="fp32", session_cache=False))
+
+
+def test_no_cache_without_verification_or_when_disabled(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    folder = export_dir("tiny")
+    Encoder(folder, variant="fp32", session_cache=tmp_path, verify=False)
+    Encoder(folder, variant="fp32", session_cache=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_cache_warns_and_still_loads(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="cannot write the session cache"):
+        enc = Encoder(export_dir("tiny"), variant="fp32", session_cache=blocker / "sessions")
+    _same_outputs(enc, Encoder(export_dir("tiny"), variant="fp32", session_cache=False))
+
+
+def test_cache_entries_are_per_variant(variants_dir: Path, tmp_path: Path) -> None:
+    for variant in ("fp32", "opt", "int8"):
+        Encoder(variants_dir, variant=variant, session_cache=tmp_path)
+    assert len(_entries(tmp_path)) == 3
+    for variant in ("fp32", "opt", "int8"):
+        assert _model_path(Encoder(variants_dir, variant=variant, session_cache=tmp_path)).parent == tmp_path
+
+
+def test_io_binding_gives_the_same_arrays(encoder: Callable[[str], Any], export_dir: Callable[[str], Path]) -> None:
+    plain = encoder("tiny")
+    bound = Encoder(export_dir("tiny"), variant="fp32", io_binding=True)
+    assert bound.io_binding and not plain.io_binding
+    ids = np.array([[101, 7, 8, 9, 102, 0], [101, 10, 102, 0, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    a, b = plain.run(ids, mask), bound.run(ids, mask)
+    for name in ("last_hidden_state", "pooler_output"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for x, y in zip(a.hidden_states or (), b.hidden_states or (), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert bound.run(ids, mask, output_hidden_states=False).hidden_states is None
+    for pooling in ("cls", "mean", "pooler"):
+        np.testing.assert_array_equal(plain.embed(TEXTS, pooling=pooling), bound.embed(TEXTS, pooling=pooling))
+    np.testing.assert_array_equal(plain.embed(TEXTS, layers=[0, -1]), bound.embed(TEXTS, layers=[0, -1]))
+
+
+@pytest.mark.parametrize("kwargs", [{"session_cache": 3}, {"io_binding": "yes"}])
+def test_bad_options_are_type_errors(export_dir: Callable[[str], Path], kwargs: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        Encoder(export_dir("tiny"), **kwargs)
