@@ -50,7 +50,14 @@ def test_corrupt_file_is_named(folder: Path, name: str, damage: str) -> None:
 def test_truncated_model_without_verification_is_still_a_named_error(folder: Path) -> None:
     path = folder / interface.MODEL_FILE
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(ModelFolderError, match=rf"{interface.MODEL_FILE}: ONNX Runtime cannot load this model"):
+    with pytest.raises(ModelFolderError, match=rf"{interface.MODEL_FILE}: not a valid ONNX model file"):
+        Encoder(folder, verify=False)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff" * 64, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)) * 40])
+def test_garbage_model_without_verification_is_a_named_error(folder: Path, data: bytes) -> None:
+    (folder / interface.MODEL_FILE).write_bytes(data)
+    with pytest.raises(ModelFolderError, match=rf"{interface.MODEL_FILE}: "):
         Encoder(folder, verify=False)
 
 
@@ -119,3 +126,47 @@ def test_graph_swapped_for_another_models_graph(
     Manifest.read(folder).verify_files(folder)
     with pytest.raises(ModelFolderError, match=r"do not match manifest\.json"):
         Encoder(folder)
+
+
+def _resign(folder: Path, name: str) -> None:
+    """Record ``name``'s current SHA-256 in the manifest, as an attacker who rewrites both files would."""
+    from bert_onnx.manifest import sha256_file
+
+    path = folder / interface.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["files"][name] = sha256_file(folder / name)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("where", ["opset import", "node"])
+def test_custom_op_domain_is_refused_before_onnx_runtime_sees_it(folder: Path, where: str) -> None:
+    import onnx
+    from onnx import helper
+
+    path = folder / interface.MODEL_FILE
+    model = onnx.load(str(path))
+    if where == "opset import":
+        model.opset_import.append(helper.make_opsetid("com.example.custom", 1))
+    else:  # a real custom node in the graph: ONNX Runtime would need a native library registered to run it
+        model.opset_import.append(helper.make_opsetid("ai.evil", 1))
+        last = model.graph.output[0].name
+        model.graph.node.append(helper.make_node("Payload", [last], ["pwned"], domain="ai.evil"))
+    onnx.save(model, str(path))
+    _resign(folder, interface.MODEL_FILE)
+    domain = "com.example.custom" if where == "opset import" else "ai.evil"
+    with pytest.raises(ModelFolderError, match=rf"{interface.MODEL_FILE}: .*custom domain\(s\) '{domain}'"):
+        Encoder(folder)
+
+
+def test_known_domains_are_what_our_variants_use(variants_dir: Path) -> None:
+    """The check reads the same domains onnx does, and every variant we export passes it."""
+    import onnx
+
+    from bert_onnx.runtime.graph_check import KNOWN_DOMAINS, operator_domains
+
+    for variant in ("fp32", "opt", "int8"):
+        path = variants_dir / interface.VARIANT_FILES[variant]
+        expected = {o.domain for o in onnx.load(str(path), load_external_data=False).opset_import}
+        assert operator_domains(path) == expected
+        assert expected <= KNOWN_DOMAINS
+    assert "com.microsoft" in operator_domains(variants_dir / interface.VARIANT_FILES["opt"])

@@ -9,16 +9,32 @@ import numpy as np
 
 
 def check_texts(texts: Any) -> list[str]:
-    """Return ``texts`` as a list of str; a single str is a batch of one. Raise ``TypeError`` naming a bad item."""
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, bytes | bytearray) or not isinstance(texts, Sequence | np.ndarray):
+    """Return ``texts`` as a list of str; a single str is a batch of one.
+
+    Raises ``TypeError`` naming an item that is not a str, ``ValueError`` naming one that is not valid Unicode.
+    """
+    if isinstance(texts, bytes | bytearray) or not isinstance(texts, str | Sequence | np.ndarray):
         raise TypeError(f"texts must be a str or a sequence of str, not {type(texts).__name__}")
-    batch = list(texts)
+    batch = [texts] if isinstance(texts, str) else list(texts)
     for index, text in enumerate(batch):
         if not isinstance(text, str):
             raise TypeError(f"texts[{index}] is {type(text).__name__} ({text!r:.40}), expected str")
+        if not text.isascii():
+            _check_surrogates(index, text)
     return batch
+
+
+def _check_surrogates(index: int, text: str) -> None:
+    # Python strings may hold lone surrogates (e.g. from os.fsdecode or "surrogateescape"); they are not Unicode
+    # text, and the tokenizer rejects them with an unhelpful message.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise ValueError(
+            f"texts[{index}] holds a lone surrogate U+{code:04X} at position {exc.start}, which is not valid "
+            "Unicode text (decode bytes with errors='replace' to keep such input)"
+        ) from None
 
 
 def check_id_array(name: str, value: Any, upper: int, allow_bool: bool = False) -> np.ndarray:

@@ -121,11 +121,14 @@ class Tokenizer:
                 self._truncating[max_length] = backend
             return backend
 
-    def encodings(self, texts: Sequence[str], max_length: int, truncation: bool = True) -> list[Encoding]:
+    def encodings(
+        self, texts: Sequence[str], max_length: int, truncation: bool = True, first_index: int = 0
+    ) -> list[Encoding]:
         """Unpadded encodings with [CLS]/[SEP], at most ``max_length`` tokens each.
 
         ``truncation=True`` cuts longer texts to ``max_length`` tokens (keeping the final [SEP], like transformers);
-        ``truncation=False`` raises ``ValueError`` naming the first text that is too long.
+        ``truncation=False`` raises ``TextTooLongError`` (a ``ValueError``) naming the first text that is too long,
+        by its index plus ``first_index`` (for callers that pass a slice of their texts).
         """
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise ValueError(f"max_length={max_length!r} must be an int >= 2 (room for [CLS] and [SEP])")
@@ -134,7 +137,7 @@ class Tokenizer:
         encodings = list(self._backend.encode_batch(list(texts)))
         for index, encoding in enumerate(encodings):
             if len(encoding.ids) > max_length:
-                raise TextTooLongError(index, len(encoding.ids), max_length)
+                raise TextTooLongError(first_index + index, len(encoding.ids), max_length)
         return encodings
 
     def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> TokenizedBatch:
