@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bert_onnx import __version__
 
@@ -47,26 +48,13 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
-def _read_texts(source: str) -> list[str]:
-    """One text per line; only the line break is removed, so empty lines stay (as empty texts)."""
-    raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            texts.append(line.removesuffix(b"\r").decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{source}: line {number} is not valid UTF-8 ({exc.reason})") from exc
-    return texts
-
-
 def _embed(args: argparse.Namespace) -> int:
-    import numpy as np
+    import hashlib
+    import shutil
+
     from tqdm import tqdm
 
-    from bert_onnx._files import atomic_write
+    from bert_onnx import embed_job
     from bert_onnx.runtime import Encoder, TextTooLongError
 
     output = Path(args.output)
@@ -74,29 +62,82 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {output}: folder {output.parent} does not exist")
     if output.is_dir():
         raise ValueError(f"--output {output} is a folder; give a file name such as {output / 'embeddings.npy'}")
-    texts = _read_texts(args.input)
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size {args.chunk_size} must be a positive number of lines")
+    from_stdin = args.input == "-"
+    if from_stdin and args.resume:
+        raise ValueError("--resume needs --input FILE: standard input cannot be read a second time")
+    source = Path(args.input)
+    if not from_stdin and source.is_dir():
+        raise ValueError(f"--input {source}: Is a directory")
+    if not from_stdin and not source.is_file():
+        raise ValueError(f"--input {source}: No such file")
+    input_sha256, count = (None, None) if from_stdin else embed_job.scan(source)
     encoder = Encoder(args.model_dir, device=args.device, threads=args.threads, variant=args.variant)
     layers = None if args.layers is None else parse_layers(args.layers, encoder.num_layers)
-    with tqdm(total=len(texts), unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
-        try:
-            vectors = encoder.embed(
-                texts,
-                pooling=args.pooling,
-                layers=layers,
-                combine=args.combine,
-                normalize=args.normalize,
-                batch_size=args.batch_size,
-                max_length=args.max_length,
-                truncation=not args.no_truncation,
-                progress=bar.update,
-            )
-        except TextTooLongError as exc:
-            raise ValueError(
-                f"{args.input}: line {exc.index + 1} is {exc.length} tokens long, over --max-length "
+    recipe: dict[str, Any] = {
+        "pooling": args.pooling,
+        "layers": layers,
+        "combine": args.combine,
+        "normalize": args.normalize,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "truncation": not args.no_truncation,
+    }
+    dim = encoder.embed([], **recipe).shape[1]  # also checks the recipe before any work
+    settings = {
+        "input": "<stdin>" if from_stdin else str(source.resolve()),
+        "input_sha256": input_sha256,
+        "lines": count,
+        "model": str(encoder.model_dir.resolve()),
+        "model_sha256": encoder.manifest.files[encoder.manifest.variants[encoder.variant].file],
+        "variant": encoder.variant,
+        "device": encoder.device,
+        "chunk_size": args.chunk_size,
+        "dim": dim,
+        **recipe,
+    }
+    parts = embed_job.parts_dir(output)
+    index = embed_job.PartsIndex.open(parts, settings, resume=args.resume)
+
+    def locate(exc: Exception, first_line: int) -> Exception:
+        if isinstance(exc, TextTooLongError):
+            return ValueError(
+                f"{args.input}: line {first_line + exc.index + 1} is {exc.length} tokens long, over --max-length "
                 f"{exc.max_length}; drop --no-truncation to cut such lines"
-            ) from exc
-    atomic_write(output, lambda handle: np.save(handle, vectors))
-    print(f"wrote {output}: {vectors.shape[0]} x {vectors.shape[1]} float32", file=sys.stderr)
+            )
+        return exc
+
+    digest = hashlib.sha256()
+    with tqdm(total=count, unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
+        try:
+            with sys.stdin.buffer if from_stdin else open(source, "rb") as handle:
+                total = embed_job.run(
+                    lambda texts: encoder.embed(texts, progress=bar.update, **recipe),
+                    embed_job.read_lines(handle, args.input, digest),
+                    count,
+                    index,
+                    args.chunk_size,
+                    bar.update,
+                    locate,
+                )
+        except KeyboardInterrupt:
+            print(
+                f"bert-onnx: interrupted; {len(index.done)} finished chunk(s) are kept in {parts}; "
+                "rerun with --resume to continue",
+                file=sys.stderr,
+            )
+            return 130
+        except Exception:
+            if index.done:
+                print(f"bert-onnx: {len(index.done)} finished chunk(s) are kept in {parts}", file=sys.stderr)
+            else:  # nothing finished: nothing worth keeping
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
+    if input_sha256 is not None and digest.hexdigest() != input_sha256:
+        raise RuntimeError(f"{source} changed while it was read; delete {parts} and run again")
+    rows, dim = embed_job.assemble(index, total, output)
+    print(f"wrote {output}: {rows} x {dim} float32", file=sys.stderr)
     return 0
 
 
@@ -184,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         "embed",
         help="embed a text file, one text per line, into a .npy array",
         description="Embed every line of --input (one text per line, '-' for stdin) into a float32 (lines, dim) "
-        "array saved atomically to --output. Texts over --max-length tokens are truncated unless --no-truncation.",
+        "array saved to --output. Texts over --max-length tokens are truncated unless --no-truncation. The input "
+        "is streamed in chunks of --chunk-size lines, each saved in OUT.npy.parts/ as it finishes; an interrupted "
+        "run (Ctrl-C, kill) keeps them, and --resume embeds only what is missing. OUT.npy appears, complete, "
+        "only at the end.",
     )
     embed.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
     embed.add_argument("--input", "-i", required=True, metavar="FILE", help="UTF-8 text file, or - for stdin")
@@ -208,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
     embed.add_argument("--max-length", type=int, help="tokens per text (default: the model's, 512)")
     embed.add_argument("--no-truncation", action="store_true", help="fail on a text over --max-length tokens")
+    embed.add_argument(
+        "--chunk-size", type=int, default=10_000, help="lines per saved chunk (default: 10000); memory use follows it"
+    )
+    embed.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run of the same input, model and settings"
+    )
     embed.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)
 

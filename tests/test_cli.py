@@ -29,6 +29,7 @@ from conftest import checkpoint_path
 
 import bert_onnx
 from bert_onnx import interface
+from bert_onnx.embed_job import parts_dir
 from bert_onnx.manifest import Manifest
 
 # The subprocess must import the same bert_onnx the tests import, wherever pytest is started from.
@@ -560,6 +561,7 @@ def test_embed_rejects_bad_input(case: EmbedCase, tiny_dir: Path, tmp_path: Path
     assert snapshot(out) == before, "the output path changed on failure"
     assert not out.is_file()
     assert leftovers(out) == [], "temporary files left beside the output"
+    assert not parts_dir(out).exists(), "a parts folder without a finished chunk was left behind"
 
 
 PRESERVE_IDS = ("model-byte-flipped", "text-over-max-length-no-truncation")
