@@ -41,27 +41,57 @@ def engine_names(model_dir: Path) -> list[str]:
     from bert_onnx.manifest import Manifest
 
     variants = Manifest.read(model_dir).variants
-    return [PYTORCH] + [f"bert-onnx-{v}" for v, record in variants.items() if "cpu" in record.devices]
+    names = [PYTORCH] + (["pytorch-bf16-autocast"] if has_bf16_units() else [])
+    names += [f"bert-onnx-{v}" for v, record in variants.items() if v in ("fp32", "opt", "int8")]
+    return names + [f"openvino-{p}" for p in openvino_precisions()]
+
+
+def has_bf16_units() -> bool:
+    """PyTorch bf16 autocast is only worth a row where the CPU has bf16 units; elsewhere it is emulated, slowly."""
+    from benchmarks.results_io import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def openvino_precisions() -> list[str]:
+    try:
+        from bert_onnx.runtime.openvino_backend import cpu_capabilities
+    except ImportError:
+        return []
+    try:
+        return ["fp32", "bf16"] if "BF16" in cpu_capabilities() else ["fp32"]
+    except RuntimeError:  # openvino not installed
+        return []
 
 
 def make_engine(name: str, model_dir: Path, checkpoint: Path, threads: int) -> Engine:
-    if name == PYTORCH:
+    if name.startswith("pytorch"):
+        import contextlib
+
         import torch
 
         from bert_onnx.export.graph import load_model
 
         torch.set_num_threads(threads)
         model, _ = load_model(checkpoint)
+        bf16 = name == "pytorch-bf16-autocast"
 
         def pytorch_eager(ids: np.ndarray, mask: np.ndarray) -> Any:
-            with torch.no_grad():
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with torch.no_grad(), autocast:
                 return model(
                     input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True
                 )
 
         return pytorch_eager
+    import warnings
+
     from bert_onnx.runtime import Encoder
 
+    if name.startswith("openvino-"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a gate not recorded at export: speed only here
+            return Encoder(model_dir, threads=threads, backend="openvino", precision=name.split("-")[1]).run
     return Encoder(model_dir, threads=threads, variant=name.removeprefix("bert-onnx-")).run
 
 

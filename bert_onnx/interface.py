@@ -30,18 +30,26 @@ FP32_TOLERANCE = 1e-4
 # Model variants: the same graph interface, different arithmetic. fp32 is always exported (it is the reference).
 #   fp32  plain export                       opt   ONNX Runtime transformer fusions (Attention, SkipLayerNorm, ...)
 #   int8  dynamic int8 quantization (CPU)     fp16  half precision with fp32 inputs/outputs (CUDA)
+#   openvino-fp32, openvino-bf16: no file of their own; the gate of OpenVINO running model.onnx at that precision
+#   (Encoder(backend="openvino", precision=...)).
 VARIANT_FILES: Mapping[str, str] = {
     "fp32": MODEL_FILE,
     "opt": "model.opt.onnx",
     "int8": "model.int8.onnx",
     "fp16": "model.fp16.onnx",
+    "openvino-fp32": MODEL_FILE,
+    "openvino-bf16": MODEL_FILE,
 }
+# Variants that are another backend's run of a stored graph, by (backend, precision).
+OPENVINO_VARIANTS: Mapping[str, str] = {"fp32": "openvino-fp32", "bf16": "openvino-bf16"}
 VARIANTS: tuple[str, ...] = tuple(VARIANT_FILES)
 VARIANT_DEVICES: Mapping[str, tuple[str, ...]] = {
     "fp32": ("cpu", "cuda"),
     "opt": ("cpu", "cuda"),
     "int8": ("cpu",),
     "fp16": ("cuda",),
+    "openvino-fp32": ("cpu",),
+    "openvino-bf16": ("cpu",),
 }
 # What Encoder picks by default on each device: the first of these the folder has (all stored variants passed
 # their gates at export). Ordered by measured speed; on CPU opt measured no faster than fp32 (README "Variants"),

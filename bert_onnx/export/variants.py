@@ -8,10 +8,13 @@
   embeddings against PyTorch fp32: mean cosine >= 0.99, minimum >= 0.95, top-10 neighbour agreement >= 0.9.
 - ``fp16``: the fused graph in half precision, fp32 inputs/outputs kept, LayerNorm/Softmax in fp32. Gate, on CUDA:
   per-token cosine >= 0.999 on every hidden state and pooler_output.
+- ``openvino-fp32`` / ``openvino-bf16``: no new file; OpenVINO compiling ``model.onnx`` at that precision. Gates:
+  as fp32 (max abs diff <= 1e-4), and per-token cosine >= 0.9999 on every output for bf16.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,12 +26,13 @@ import torch
 
 from bert_onnx import interface
 from bert_onnx.export.errors import ExportError
-from bert_onnx.export.validate import run_both, validate_graph
-from bert_onnx.manifest import Check, VariantRecord
+from bert_onnx.export.validate import compare, run_both, torch_outputs, validate_graph, validation_batch
+from bert_onnx.manifest import Check, ParityReport, VariantRecord
 from bert_onnx.runtime.session import create_session
 
 INT8_GATE = {"mean cosine": 0.99, "min cosine": 0.95, "top-10 agreement": 0.9}
 FP16_MIN_TOKEN_COSINE = 0.999
+OPENVINO_BF16_MIN_TOKEN_COSINE = 0.9999
 GATE_TEXTS = 1000  # real paragraphs for the int8 gate
 INT8_RUNGS = 3  # int8 recipes tried before giving up: 1..3 FFN down-projections in float
 BATCH = 32
@@ -218,21 +222,56 @@ def build_fp16(fp32_path: Path, target: Path, config: Any) -> None:
     _check_outputs(target, int(config.num_hidden_layers))
 
 
-def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> VariantRecord:
-    batch, description, expected, actual = run_both(model, target, tokenizer, max_length, device="cuda")
-    keep = batch["attention_mask"].astype(bool)
+def _cosine_checks(
+    expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], mask: np.ndarray, limit: float
+) -> tuple[Check, ...]:
+    """Per-token cosine of every output to PyTorch's, over non-padded positions (pooler_output: per row)."""
+    keep = mask.astype(bool)
     checks = []
     for name in expected:
         ref, out = expected[name].astype(np.float64), actual[name].astype(np.float64)
         if name != interface.POOLER_OUTPUT:
             ref, out = ref[keep], out[keep]  # (tokens, H)
         cosine = np.sum(ref * out, axis=-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(out, axis=-1) + 1e-12)
-        checks.append(Check(f"{name} min cosine", float(cosine.min()), FP16_MIN_TOKEN_COSINE, at_least=True))
+        checks.append(Check(f"{name} min cosine", float(cosine.min()), limit, at_least=True))
+    return tuple(checks)
+
+
+def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> VariantRecord:
+    batch, description, expected, actual = run_both(model, target, tokenizer, max_length, device="cuda")
     return VariantRecord(
         file=target.name,
         devices=interface.VARIANT_DEVICES["fp16"],
         gate=f"per-token cosine to PyTorch fp32 on CUDA, non-padded positions ({description})",
-        checks=tuple(checks),
+        checks=_cosine_checks(expected, actual, batch["attention_mask"], FP16_MIN_TOKEN_COSINE),
+    )
+
+
+def gate_openvino(model: Any, fp32_path: Path, tokenizer: Any, max_length: int, precision: str) -> VariantRecord:
+    """OpenVINO compiling ``fp32_path`` at ``precision`` against PyTorch fp32: fp32 as the fp32 gate (max abs diff
+    <= 1e-4 per output), bf16 by per-token cosine >= 0.9999 on every output."""
+    from bert_onnx.runtime.openvino_backend import OpenVINOSession
+
+    batch, description = validation_batch(tokenizer, max_length)
+    expected = torch_outputs(model, batch)
+    session = OpenVINOSession(fp32_path, precision)
+    names = list(expected)
+    actual = dict(zip(names, session.run(names, batch), strict=True))
+    name = interface.OPENVINO_VARIANTS[precision]
+    if precision == "fp32":
+        report = ParityReport(
+            batch_size=int(batch["input_ids"].shape[0]),
+            sequence_length=int(batch["input_ids"].shape[1]),
+            description=description,
+            outputs=compare(expected, actual, batch["attention_mask"]),
+        )
+        record = VariantRecord.from_parity(fp32_path.name, interface.VARIANT_DEVICES[name], report)
+        return dataclasses.replace(record, gate=f"OpenVINO fp32, {record.gate}")
+    return VariantRecord(
+        file=fp32_path.name,
+        devices=interface.VARIANT_DEVICES[name],
+        gate=f"OpenVINO bf16: per-token cosine to PyTorch fp32, non-padded positions ({description})",
+        checks=_cosine_checks(expected, actual, batch["attention_mask"], OPENVINO_BF16_MIN_TOKEN_COSINE),
     )
 
 
@@ -266,9 +305,19 @@ def make_fp16(build: Build) -> tuple[VariantRecord, dict[str, object]]:
     return gate_fp16(build.model, build.target, build.tokenizer, build.max_length), {}
 
 
+def make_openvino_fp32(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    return gate_openvino(build.model, build.fp32_path, build.tokenizer, build.max_length, "fp32"), {}
+
+
+def make_openvino_bf16(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    return gate_openvino(build.model, build.fp32_path, build.tokenizer, build.max_length, "bf16"), {}
+
+
 # Builds the variant at ``build.target`` and measures its gate; the caller decides what a failed gate means.
 MAKERS: dict[str, Callable[[Build], tuple[VariantRecord, dict[str, object]]]] = {
     "opt": make_opt,
     "int8": make_int8,
     "fp16": make_fp16,
+    "openvino-fp32": make_openvino_fp32,
+    "openvino-bf16": make_openvino_bf16,
 }

@@ -9,6 +9,7 @@
 
 from bert_onnx.manifest import Manifest, ModelFolderError
 from bert_onnx.runtime.encoder import Encoder, EncoderOutput
+from bert_onnx.runtime.openvino_backend import BackendError
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS
 from bert_onnx.runtime.session import DEVICES, ProviderError
 from bert_onnx.runtime.tokenizer import TextTooLongError, TokenizedBatch, Tokenizer
@@ -17,6 +18,7 @@ __all__ = [
     "COMBINES",
     "DEVICES",
     "POOLINGS",
+    "BackendError",
     "Encoder",
     "EncoderOutput",
     "Manifest",

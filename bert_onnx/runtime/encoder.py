@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from bert_onnx.runtime.pooling import Pooling
 from bert_onnx.runtime.session import create_session, default_cache_dir
 from bert_onnx.runtime.tokenizer import Padding, TokenizedBatch, Tokenizer
 
+BACKENDS = ("onnxruntime", "openvino")
 EMBED_WINDOW = 8192  # texts tokenized and length-sorted together by ``embed``
 
 
@@ -57,6 +59,10 @@ class Encoder:
     ``bert-onnx info``). The default is the fastest stored variant for the device: int8, then fp32 on CPU (opt
     measured no faster there); fp16, then opt, then fp32 on CUDA. Every stored variant passed its accuracy gate at
     export.
+
+    ``backend="openvino"`` (extra ``[openvino]``) compiles ``model.onnx`` with OpenVINO on the CPU instead, at
+    ``precision`` "fp32" or "bf16" (default: bf16 where OpenVINO reports bf16 units, else fp32; bf16 on a CPU
+    without them raises ``BackendError``). Same inputs, outputs, checks and threading guarantees.
     """
 
     def __init__(
@@ -68,11 +74,26 @@ class Encoder:
         variant: str | None = None,
         session_cache: bool | str | Path = False,
         io_binding: bool | None = None,
+        backend: str = "onnxruntime",
+        precision: str | None = None,
     ) -> None:
         if not isinstance(session_cache, (bool, str, Path)):
             raise TypeError(f"session_cache={session_cache!r} must be True, False or a folder path")
         if io_binding is not None and not isinstance(io_binding, bool):
             raise TypeError(f"io_binding={io_binding!r} must be True, False or None")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+        if backend == "onnxruntime" and precision is not None:
+            raise ValueError("precision= applies to backend='openvino'; with ONNX Runtime pick a variant= instead")
+        if backend == "openvino":
+            if device != "cpu":
+                raise ValueError(f"backend='openvino' runs on device='cpu', not {device!r}")
+            if variant not in (None, "fp32"):
+                raise ValueError(f"backend='openvino' compiles the fp32 graph (model.onnx), not variant={variant!r}")
+            if io_binding:
+                raise ValueError("io_binding is an ONNX Runtime feature; backend='openvino' does not use it")
+            variant = "fp32"
+        self.backend = backend
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
@@ -87,16 +108,34 @@ class Encoder:
         )
         cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
         check_domains(self.model_dir / model_file)
-        self._session = create_session(
-            self.model_dir / model_file,
-            device=device,
-            threads=threads,
-            cache_dir=cache_dir if verify else None,
-            model_sha256=self.manifest.files[model_file],
-        )
         self.io_binding = device == "cuda" if io_binding is None else io_binding
-        graph_outputs = tuple(o.name for o in self._session.get_outputs())
-        graph_inputs = tuple(i.name for i in self._session.get_inputs())
+        self.precision: str | None = None
+        if backend == "openvino":
+            from bert_onnx.runtime import openvino_backend
+
+            self.precision = openvino_backend.default_precision() if precision is None else precision
+            openvino_backend.check_precision(self.precision)
+            gate = interface.OPENVINO_VARIANTS[self.precision]
+            if gate not in self.manifest.variants:
+                warnings.warn(
+                    f"bert-onnx: OpenVINO {self.precision} was not validated for {self.model_dir} at export; "
+                    f"export with --variants fp32,{gate} to check it against PyTorch and record its gate",
+                    stacklevel=2,
+                )
+            session = openvino_backend.OpenVINOSession(self.model_dir / model_file, self.precision, threads, cache_dir)
+            self._run = session.run
+            graph_inputs, graph_outputs = session.input_names, session.output_names
+        else:
+            self._session = create_session(
+                self.model_dir / model_file,
+                device=device,
+                threads=threads,
+                cache_dir=cache_dir if verify else None,
+                model_sha256=self.manifest.files[model_file],
+            )
+            self._run = self._run_io_binding if self.io_binding else self._run_plain
+            graph_outputs = tuple(o.name for o in self._session.get_outputs())
+            graph_inputs = tuple(i.name for i in self._session.get_inputs())
         if graph_outputs != self.manifest.output_names or graph_inputs != interface.INPUT_NAMES:
             raise ModelFolderError(
                 f"{self.model_dir / model_file}: graph inputs {list(graph_inputs)} / outputs "
@@ -109,6 +148,12 @@ class Encoder:
             raise ValueError(f"device={device!r} is not one of {', '.join(interface.VARIANT_PREFERENCE)}")
         if variant is None:
             return next(v for v in interface.VARIANT_PREFERENCE[device] if v in stored)
+        if variant in interface.OPENVINO_VARIANTS.values():
+            precision = variant.removeprefix("openvino-")
+            raise ValueError(
+                f"variant={variant!r} is the gate of OpenVINO running model.onnx; "
+                f"use backend='openvino', precision={precision!r}"
+            )
         if variant not in interface.VARIANTS:
             raise ValueError(f"variant={variant!r} is not one of {', '.join(interface.VARIANTS)}")
         if variant not in stored:
@@ -134,8 +179,9 @@ class Encoder:
         return self.manifest.max_length
 
     def __repr__(self) -> str:
+        backend = f", backend='openvino', precision={self.precision!r}" if self.backend == "openvino" else ""
         return (
-            f"Encoder({str(self.model_dir)!r}, device={self.device!r}, variant={self.variant!r}, "
+            f"Encoder({str(self.model_dir)!r}, device={self.device!r}, variant={self.variant!r}{backend}, "
             f"layers={self.num_layers}, hidden={self.hidden_size})"
         )
 
@@ -149,16 +195,19 @@ class Encoder:
         }
         if batch.input_ids.shape[0] == 0:
             return {name: self._empty(name, batch.input_ids.shape[1]) for name in names}
-        if not self.io_binding:
-            values = self._session.run(list(names), feeds)
-            return dict(zip(names, values, strict=True))
+        return dict(zip(names, self._run(list(names), feeds), strict=True))
+
+    def _run_plain(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self._session.run(list(names), dict(feeds)))
+
+    def _run_io_binding(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         binding = self._session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        for name in names:  # only the requested outputs: the rest are not computed or copied
+        for name in names:  # only the requested outputs are bound and copied to host memory
             binding.bind_output(name, self.device)
         self._session.run_with_iobinding(binding)
-        return {name: value.numpy() for name, value in zip(names, binding.get_outputs(), strict=True)}
+        return [value.numpy() for value in binding.get_outputs()]
 
     def _empty(self, name: str, sequence: int) -> np.ndarray:
         shape = (0, self.hidden_size) if name == interface.POOLER_OUTPUT else (0, sequence, self.hidden_size)

@@ -1,0 +1,96 @@
+"""OpenVINO as a second backend for the same ``model.onnx``: fp32, or bf16 on CPUs with bf16 units.
+
+ONNX Runtime's CPU provider has no bf16 GEMM on x86; OpenVINO compiles the ONNX graph directly and, with
+``INFERENCE_PRECISION_HINT=bf16``, runs its matrix products on AVX512_BF16 or AMX units while keeping inputs and
+outputs fp32. Asking for bf16 on a CPU whose OpenVINO capabilities lack ``BF16`` is refused with a clear error:
+OpenVINO would otherwise quietly run fp32 (or emulate bf16 slowly), and a user who asked for bf16 should know.
+
+Threading: the compiled model is shared; each thread gets its own infer request (a request is not thread-safe),
+so one ``Encoder`` can be used from many threads, as with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_onnx.manifest import ModelFolderError
+
+PRECISIONS = ("fp32", "bf16")
+_HINTS = {"fp32": "f32", "bf16": "bf16"}
+INSTALL_HINT = "pip install 'bert-onnx[openvino]'"
+
+
+class BackendError(RuntimeError):
+    """The OpenVINO backend cannot run here: not installed, or the CPU lacks what the precision needs."""
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendError(f"backend='openvino' needs the openvino package: {INSTALL_HINT} ({exc})") from exc
+    return openvino
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's own view of what the CPU can do (e.g. FP32, BF16, INT8, FP16)."""
+    return tuple(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def default_precision() -> str:
+    """bf16 where the CPU has bf16 units, else fp32."""
+    return "bf16" if "BF16" in cpu_capabilities() else "fp32"
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        capabilities = cpu_capabilities()
+        if "BF16" not in capabilities:
+            raise BackendError(
+                "precision='bf16' needs a CPU with bf16 units (AVX512_BF16 or AMX); OpenVINO reports this CPU's "
+                f"capabilities as {', '.join(capabilities)}. Use precision='fp32' here."
+            )
+
+
+class OpenVINOSession:
+    """The part of ``onnxruntime.InferenceSession`` that ``Encoder`` uses, run by OpenVINO on the CPU."""
+
+    def __init__(
+        self, model_path: str | Path, precision: str, threads: int | None = None, cache_dir: Path | None = None
+    ) -> None:
+        check_precision(precision)
+        ov = _openvino()
+        core = ov.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir)
+        path = Path(model_path)
+        try:
+            self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except RuntimeError as exc:
+            raise ModelFolderError(f"{path}: OpenVINO cannot compile this model ({exc})") from exc
+        self.precision = precision
+        self.input_names = tuple(port.get_any_name() for port in self._compiled.inputs)
+        self.output_names = tuple(port.get_any_name() for port in self._compiled.outputs)
+        self._local = threading.local()
+
+    def _request(self) -> Any:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return request
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        request = self._request()
+        request.infer(dict(feeds))
+        # Copies: the request's buffers are reused by its next call.
+        return [np.array(request.get_tensor(name).data, dtype=np.float32) for name in names]
