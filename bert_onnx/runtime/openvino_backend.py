@@ -78,6 +78,11 @@ class OpenVINOSession:
             self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except RuntimeError as exc:
             raise ModelFolderError(f"{path}: OpenVINO cannot compile this model ({exc})") from exc
+        # Second guard: on a CPU without bf16 units OpenVINO accepts the bf16 hint and compiles f32 (seen here).
+        effective = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        effective = effective.to_string() if hasattr(effective, "to_string") else str(effective)
+        if effective != _HINTS[precision]:
+            raise BackendError(f"asked OpenVINO for {precision} but it compiled {effective}; refusing to run silently")
         self.precision = precision
         self.input_names = tuple(port.get_any_name() for port in self._compiled.inputs)
         self.output_names = tuple(port.get_any_name() for port in self._compiled.outputs)
