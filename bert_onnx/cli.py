@@ -48,6 +48,63 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
+def _embed_ray(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    try:
+        import ray  # noqa: F401
+
+        from bert_onnx.integrations.ray import embed_to_parquet
+    except ImportError as exc:
+        raise ValueError(f"--engine ray needs Ray Data: pip install 'bert-onnx[ray]' ({exc})") from exc
+    if args.backend != "onnxruntime" or args.device != "cpu":
+        raise ValueError("--engine ray runs the ONNX Runtime CPU backend; drop --backend/--device")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output}: with --engine ray, give a folder for the Parquet parts")
+    for name in ("actors", "cpus_per_actor", "chunk_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive number")
+    model_dir = Path(args.model_dir)
+    from bert_onnx.manifest import Manifest
+
+    layers = None if args.layers is None else parse_layers(args.layers, Manifest.read(model_dir).num_layers)
+    recipe = {
+        "pooling": args.pooling,
+        "layers": layers,
+        "combine": args.combine,
+        "normalize": args.normalize,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "variant": args.variant,
+    }
+    with tqdm(unit="text", file=sys.stderr, disable=args.quiet, desc="embedding (ray)") as bar:
+        summary = embed_to_parquet(
+            model_dir,
+            Path(args.input),
+            output,
+            text_column=args.text_column,
+            id_column=args.id_column,
+            address=args.address,
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            rows_per_part=args.chunk_size,
+            resume=args.resume,
+            recipe=recipe,
+            progress=bar.update,
+        )
+    for row_id, reason in summary["bad_rows"][:20]:
+        print(f"bert-onnx: row {args.id_column}={row_id!r} not embedded: {reason}", file=sys.stderr)
+    if len(summary["bad_rows"]) > 20:
+        print(f"bert-onnx: ... and {len(summary['bad_rows']) - 20} more (see the error column)", file=sys.stderr)
+    print(
+        f"wrote {output}: {summary['rows']} rows in {summary['parts']} Parquet part(s), "
+        f"{len(summary['bad_rows'])} not embedded",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _embed(args: argparse.Namespace) -> int:
     import hashlib
     import shutil
@@ -57,6 +114,10 @@ def _embed(args: argparse.Namespace) -> int:
     from bert_onnx import embed_job
     from bert_onnx.runtime import Encoder, TextTooLongError
 
+    if args.engine == "ray":
+        return _embed_ray(args)
+    if args.address is not None:
+        raise ValueError("--address needs --engine ray")
     output = Path(args.output)
     if not output.parent.is_dir():
         raise ValueError(f"--output {output}: folder {output.parent} does not exist")
@@ -73,7 +134,14 @@ def _embed(args: argparse.Namespace) -> int:
     if not from_stdin and not source.is_file():
         raise ValueError(f"--input {source}: No such file")
     input_sha256, count = (None, None) if from_stdin else embed_job.scan(source)
-    encoder = Encoder(args.model_dir, device=args.device, threads=args.threads, variant=args.variant)
+    encoder = Encoder(
+        args.model_dir,
+        device=args.device,
+        threads=args.threads,
+        variant=args.variant,
+        backend=args.backend,
+        precision=args.precision,
+    )
     layers = None if args.layers is None else parse_layers(args.layers, encoder.num_layers)
     recipe: dict[str, Any] = {
         "pooling": args.pooling,
@@ -93,6 +161,8 @@ def _embed(args: argparse.Namespace) -> int:
         "model_sha256": encoder.manifest.files[encoder.manifest.variants[encoder.variant].file],
         "variant": encoder.variant,
         "device": encoder.device,
+        "backend": encoder.backend,
+        "precision": encoder.precision,
         "chunk_size": args.chunk_size,
         "dim": dim,
         **recipe,
@@ -216,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         default="fp32",
         metavar="LIST",
-        help="comma-separated: fp32 (always), opt (fused), int8 (CPU), fp16 (CUDA); each must pass its gate "
-        "(default: fp32)",
+        help="comma-separated: fp32 (always), opt (fused), int8 (CPU), fp16 (CUDA), openvino-fp32 and openvino-bf16 "
+        "(gates for --backend openvino, no extra file); each must pass its gate (default: fp32)",
     )
     export.set_defaults(func=_export)
 
@@ -231,8 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         "only at the end.",
     )
     embed.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
-    embed.add_argument("--input", "-i", required=True, metavar="FILE", help="UTF-8 text file, or - for stdin")
-    embed.add_argument("--output", "-o", required=True, metavar="OUT.npy", help="where to save the array")
+    embed.add_argument(
+        "--input", "-i", required=True, metavar="FILE", help="UTF-8 text, - for stdin (--engine ray: .parquet/.jsonl)"
+    )
+    embed.add_argument(
+        "--output", "-o", required=True, metavar="OUT.npy", help="where to save the array (--engine ray: a folder)"
+    )
     embed.add_argument("--pooling", choices=("cls", "pooler", "mean"), default="cls", help="default: cls")
     embed.add_argument(
         "--layers",
@@ -248,7 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fp32", "opt", "int8", "fp16"),
         help="which stored graph to run (default: the fastest the folder has for --device; see bert-onnx info)",
     )
-    embed.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")
+    embed.add_argument(
+        "--backend",
+        choices=("onnxruntime", "openvino"),
+        default="onnxruntime",
+        help="openvino compiles model.onnx with OpenVINO on the CPU (needs bert-onnx[openvino]; default: onnxruntime)",
+    )
+    embed.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="with --backend openvino (default: bf16 where the CPU has bf16 units, else fp32)",
+    )
+    embed.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
     embed.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
     embed.add_argument("--max-length", type=int, help="tokens per text (default: the model's, 512)")
     embed.add_argument("--no-truncation", action="store_true", help="fail on a text over --max-length tokens")
@@ -259,6 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted run of the same input, model and settings"
     )
     embed.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ray_group = embed.add_argument_group(
+        "Ray (--engine ray)",
+        "Embed a Parquet or JSONL --input on a Ray cluster into Parquet parts in the --output folder (id, embedding, "
+        "error per row; --chunk-size rows per part). Bad rows are kept with a NaN vector and listed. Needs "
+        "bert-onnx[ray]; nothing about Ray is imported without --engine ray.",
+    )
+    ray_group.add_argument("--engine", choices=("local", "ray"), default="local", help="default: local")
+    ray_group.add_argument("--address", help="Ray cluster: auto, ray://HOST:10001 (default: start a local one)")
+    ray_group.add_argument("--text-column", default="text", help="default: text")
+    ray_group.add_argument("--id-column", default="id", help="kept beside each embedding (default: id)")
+    ray_group.add_argument("--actors", type=int, default=1, help="model replicas (default: 1)")
+    ray_group.add_argument("--cpus-per-actor", type=int, default=1, help="ONNX Runtime threads each (default: 1)")
     embed.set_defaults(func=_embed)
 
     info = commands.add_parser("info", help="show a model folder's manifest", description="Show DIR's manifest.")

@@ -1,0 +1,195 @@
+"""Ray Data: a real local Ray cluster started here; results identical to one process, every row exactly once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_cli import PACKAGE_ROOT, assert_error, cli_env, run_cli
+
+ray = pytest.importorskip("ray", reason="Ray is the [ray] extra, which the test environment installs")
+
+from bert_onnx.export.corpus import documentation_paragraphs  # noqa: E402
+from bert_onnx.integrations.ray import RayEmbedder  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Ray cluster with 2 CPUs; workers import bert_onnx and the test helpers from this checkout."""
+    path = f"{PACKAGE_ROOT}:{TESTS}"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    paragraphs = list(documentation_paragraphs())
+    return [paragraphs[(i * 7) % len(paragraphs)] for i in range(240)]
+
+
+def _rows(texts: list[str]) -> list[dict[str, Any]]:
+    return [{"id": 1000 + i, "text": t} for i, t in enumerate(texts)]
+
+
+def _embed(dataset: Any, cls: type = RayEmbedder, **kwargs: Any) -> dict[int, np.ndarray]:
+    out = dataset.map_batches(
+        cls,
+        fn_constructor_kwargs=kwargs,
+        concurrency=2,
+        num_cpus=1,
+        batch_size=40,
+        batch_format="numpy",
+    ).take_all()
+    ids = [int(r["id"]) for r in out]
+    assert len(ids) == len(set(ids)), "a row came back twice"
+    return {int(r["id"]): np.asarray(r["embedding"]) for r in out}
+
+
+def test_map_batches_matches_single_process(
+    cluster: str, texts: list[str], export_dir: Callable[[str], Path], encoder: Callable[[str], Any]
+) -> None:
+    got = _embed(ray.data.from_items(_rows(texts)), model_dir=str(export_dir("minilm")), pooling="mean")
+    expected = encoder("minilm").embed(texts, pooling="mean")
+    assert sorted(got) == [1000 + i for i in range(len(texts))]
+    worst = max(float(np.abs(got[1000 + i] - expected[i]).max()) for i in range(len(texts)))
+    assert worst <= 1e-5, worst
+
+
+def test_layers_recipe_and_actor_threads(cluster: str, texts: list[str], export_dir: Callable[[str], Path]) -> None:
+    from bert_onnx.runtime import Encoder
+
+    got = _embed(ray.data.from_items(_rows(texts[:50])), model_dir=str(export_dir("tiny")), layers=[-2, -1])
+    expected = Encoder(export_dir("tiny")).embed(texts[:50], layers=[-2, -1])
+    assert got[1000].shape == (64,)
+    np.testing.assert_allclose(np.stack([got[1000 + i] for i in range(50)]), expected, atol=1e-5)
+
+
+def test_an_actor_killed_mid_run_loses_and_repeats_no_row(
+    cluster: str, texts: list[str], export_dir: Callable[[str], Path], encoder: Callable[[str], Any], tmp_path: Path
+) -> None:
+    from ray_helpers import DiesOnce
+
+    marker = tmp_path / "die"
+    marker.write_text("x")
+    got = _embed(
+        ray.data.from_items(_rows(texts)),
+        cls=DiesOnce,
+        marker=str(marker),
+        model_dir=str(export_dir("tiny")),
+    )
+    assert not marker.exists() and marker.with_suffix(".claimed").exists(), "no actor died: nothing was tested"
+    expected = encoder("tiny").embed(texts)
+    assert sorted(got) == [1000 + i for i in range(len(texts))]
+    np.testing.assert_allclose(np.stack([got[1000 + i] for i in range(len(texts))]), expected, atol=1e-5)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _read_parts(folder: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    for part in sorted(folder.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        assert str(table.schema.field("embedding").type).startswith("fixed_size_list<element: float>")
+        rows += table.to_pylist()
+    return rows
+
+
+def test_cli_jsonl_with_bad_rows(
+    cluster: str, texts: list[str], export_dir: Callable[[str], Path], encoder: Callable[[str], Any], tmp_path: Path
+) -> None:
+    rows: list[dict[str, Any]] = _rows(texts[:60])
+    rows[3]["text"] = None
+    rows[10]["text"] = 42
+    rows[11] = {"id": rows[11]["id"]}  # no text field at all
+    source = tmp_path / "in.jsonl"
+    _write_jsonl(source, rows)
+    with open(source, "a", encoding="utf-8") as handle:  # a lone surrogate, escaped as JSON allows
+        handle.write('{"id": 5000, "text": "bad \\ud800 text"}\n')
+    out = tmp_path / "out"
+    args = ["embed", export_dir("minilm"), "--engine", "ray", "--address", cluster, "--input", source]
+    run = run_cli(*args, "--output", out, "--chunk-size", "16", "--pooling", "mean", "--actors", "2", timeout=300)
+    assert run.returncode == 0, run.describe()
+    written = _read_parts(out)
+    assert [r["id"] for r in written] == [r["id"] for r in rows] + [5000], "rows lost, repeated or reordered"
+    errors = {r["id"]: r["error"] for r in written if r["error"] is not None}
+    assert set(errors) == {1003, 1010, 1011, 5000}
+    assert errors[1003] == "text is null" and errors[1011] == "text is null"
+    assert errors[1010] == "text is int, expected a string"
+    assert "lone surrogate U+D800" in errors[5000]
+    for row_id in errors:
+        assert f"row id={row_id}" in run.stderr, run.describe()
+        assert np.isnan(next(r["embedding"] for r in written if r["id"] == row_id)).all()
+    good = [(r["id"], r["text"]) for r in rows if r.get("text") is not None and isinstance(r["text"], str)]
+    expected = encoder("minilm").embed([t for _, t in good], pooling="mean")
+    by_id = {r["id"]: np.asarray(r["embedding"], dtype=np.float32) for r in written}
+    worst = max(float(np.abs(by_id[i] - expected[k]).max()) for k, (i, _) in enumerate(good))
+    assert worst <= 1e-5, worst
+
+
+def test_cli_resume_after_kill(
+    cluster: str, texts: list[str], export_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(_rows(texts)), source)
+    model = export_dir("minilm")
+    reference = tmp_path / "reference"
+    base = ["embed", model, "--engine", "ray", "--address", cluster, "--input", source, "--chunk-size", "20"]
+    run = run_cli(*base, "--output", reference, timeout=300)
+    assert run.returncode == 0, run.describe()
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bert_onnx", *map(str, base), "--output", str(out), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
+        assert process.poll() is None, process.communicate()[1].decode()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(out.glob("part-*.parquet")))
+    assert 2 <= finished < len(texts) // 20, f"{finished} parts: not interrupted mid-way"
+
+    assert_error(run_cli(*base, "--output", out), ("not empty", "--resume"))
+    run = run_cli(*base, "--output", out, "--resume", timeout=300)
+    assert run.returncode == 0, run.describe()
+    again, first = _read_parts(out), _read_parts(reference)
+    assert [r["id"] for r in again] == [r["id"] for r in first] == [r["id"] for r in _rows(texts)]
+    worst = max(
+        float(np.abs(np.asarray(a["embedding"]) - np.asarray(b["embedding"])).max())
+        for a, b in zip(again, first, strict=True)
+    )
+    assert worst <= 1e-5, worst
+
+
+def test_no_ray_import_without_engine_ray(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    argv = ["embed", str(export_dir("tiny")), "--input", "-", "--output", str(tmp_path / "o.npy")]
+    script = f"import sys; from bert_onnx.cli import main; code = main({argv!r}); print('ray' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=b"one\ntwo\n", capture_output=True, env=cli_env(), check=True
+    )
+    assert done.stdout.decode().strip() == "False"
