@@ -210,7 +210,7 @@ def embed_to_parquet(
     actors: int = 1,
     cpus_per_actor: int = 1,
     rows_per_part: int = 10_000,
-    rows_per_call: int = 1024,
+    rows_per_call: int | None = None,
     resume: bool = False,
     recipe: dict[str, Any] | None = None,
     progress: Any = None,
@@ -288,7 +288,8 @@ def embed_to_parquet(
         embedded = dataset.map_batches(
             RayEmbedder,
             fn_constructor_kwargs={"model_dir": str(model_dir), "text_column": text_column, **recipe},
-            batch_size=rows_per_call,
+            # Calls no bigger than a part, so parts are written as calls finish, not all at the end.
+            batch_size=rows_per_call or min(1024, rows_per_part),
             batch_format="numpy",
             concurrency=actors,
             num_cpus=cpus_per_actor,
