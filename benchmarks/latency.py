@@ -54,10 +54,8 @@ def has_bf16_units() -> bool:
 
 
 def openvino_precisions() -> list[str]:
-    try:
-        from bert_onnx.runtime.openvino_backend import cpu_capabilities
-    except ImportError:
-        return []
+    from bert_onnx.runtime.openvino_backend import cpu_capabilities
+
     try:
         return ["fp32", "bf16"] if "BF16" in cpu_capabilities() else ["fp32"]
     except RuntimeError:  # openvino not installed

@@ -77,6 +77,18 @@ def chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def settings_changes(stored: dict[str, Any], settings: dict[str, Any]) -> str:
+    """What differs between a run's recorded settings and this one's ("key: was X, now Y; ..."), or ""."""
+    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    return "; ".join(f"{k}: was {stored.get(k)!r}, now {settings.get(k)!r}" for k in changed)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of atomic writes that a kill cut short."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 @dataclass
 class PartsIndex:
     """``index.json`` of a parts folder: the settings a run was started with and its finished chunks."""
@@ -122,8 +134,7 @@ class PartsIndex:
                 f"{folder} holds an unfinished run of this output; pass --resume to continue it, "
                 "or delete that folder to start over"
             )
-        for stale in folder.glob(".*.tmp"):  # a temporary file of a write that a kill cut short
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(folder)
         try:
             body = json.loads(index.path.read_text())
             if body.get("format") != INDEX_FORMAT or body.get("version") != INDEX_VERSION:
@@ -131,9 +142,8 @@ class PartsIndex:
             stored, done = body["settings"], {int(k): v for k, v in body["chunks"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ResumeError(f"{index.path}: cannot resume from it ({exc}); delete {folder} to start over") from exc
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        if changed:
-            details = "; ".join(f"{k}: was {stored.get(k)!r}, now {settings.get(k)!r}" for k in changed)
+        details = settings_changes(stored, settings)
+        if details:
             raise ResumeError(
                 f"{folder} was started with other settings ({details}); rerun with the same ones, "
                 "or delete that folder to start over"
@@ -152,8 +162,7 @@ def assemble(index: PartsIndex, count: int, output: Path) -> tuple[int, int]:
     numbers = range(len(index.done))
     if sorted(index.done) != list(numbers) or sum(r["rows"] for r in index.done.values()) != count:
         raise RuntimeError(f"{index.folder}: chunks {sorted(index.done)} do not cover the {count} input lines")
-    first = np.load(index.chunk_path(0), mmap_mode="r") if count else None
-    dim = int(first.shape[1]) if first is not None else int(index.settings["dim"])
+    dim = int(index.settings["dim"])
 
     def write(handle: IO[bytes]) -> None:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}

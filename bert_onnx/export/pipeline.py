@@ -73,16 +73,16 @@ def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
                 f"CUDAExecutionProvider (available: {', '.join(ort.get_available_providers())}); export fp16 on a "
                 "GPU machine with onnxruntime-gpu, or leave it out"
             )
-    if any(v.startswith("openvino-") for v in chosen):
+    openvino = [v for v in chosen if v.startswith("openvino-")]
+    if openvino:
         from bert_onnx.runtime.openvino_backend import check_precision, cpu_capabilities
 
         try:
             cpu_capabilities()  # imports openvino
-            for name in chosen:
-                if name.startswith("openvino-"):
-                    check_precision(name.removeprefix("openvino-"))
+            for name in openvino:
+                check_precision(name.removeprefix("openvino-"))
         except RuntimeError as exc:  # BackendError: openvino missing, or no bf16 units for its gate
-            raise ExportError(f"cannot check the {name} variant's gate here: {exc}") from exc
+            raise ExportError(f"cannot check the {', '.join(openvino)} gate(s) here: {exc}") from exc
     return chosen
 
 

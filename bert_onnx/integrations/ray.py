@@ -228,7 +228,7 @@ def embed_to_parquet(
     import ray
 
     from bert_onnx._files import atomic_write_text
-    from bert_onnx.embed_job import scan
+    from bert_onnx.embed_job import remove_stale_temporaries, scan, settings_changes
     from bert_onnx.manifest import Manifest, sha256_file
 
     recipe = dict(recipe or {})
@@ -255,17 +255,15 @@ def embed_to_parquet(
             stored = body["settings"]
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"{index_path}: cannot resume from it ({exc})") from exc
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        if changed:
-            details = "; ".join(f"{k}: was {stored.get(k)!r}, now {settings.get(k)!r}" for k in changed)
+        details = settings_changes(stored, settings)
+        if details:
             raise ValueError(f"{output} was started with other settings ({details})")
         for key, record in body["parts"].items():
             path = _part(output, int(key))
             if path.is_file() and sha256_file(path) == record["sha256"]:
                 done[int(key)] = record
     output.mkdir(parents=True, exist_ok=True)
-    for stale in output.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(output)
 
     def save_index() -> None:
         body = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "settings": settings, "parts": done}

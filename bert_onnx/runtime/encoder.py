@@ -114,7 +114,8 @@ class Encoder:
             from bert_onnx.runtime import openvino_backend
 
             self.precision = openvino_backend.default_precision() if precision is None else precision
-            openvino_backend.check_precision(self.precision)
+            # The session checks the precision (name, CPU support, what OpenVINO compiled) before the gate lookup.
+            session = openvino_backend.OpenVINOSession(self.model_dir / model_file, self.precision, threads, cache_dir)
             gate = interface.OPENVINO_VARIANTS[self.precision]
             if gate not in self.manifest.variants:
                 warnings.warn(
@@ -122,7 +123,6 @@ class Encoder:
                     f"export with --variants fp32,{gate} to check it against PyTorch and record its gate",
                     stacklevel=2,
                 )
-            session = openvino_backend.OpenVINOSession(self.model_dir / model_file, self.precision, threads, cache_dir)
             self._run = session.run
             graph_inputs, graph_outputs = session.input_names, session.output_names
         else:

@@ -11,6 +11,7 @@ so one ``Encoder`` can be used from many threads, as with ONNX Runtime.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,8 +38,9 @@ def _openvino() -> Any:
     return openvino
 
 
+@functools.cache
 def cpu_capabilities() -> tuple[str, ...]:
-    """OpenVINO's own view of what the CPU can do (e.g. FP32, BF16, INT8, FP16)."""
+    """OpenVINO's own view of what the CPU can do (e.g. FP32, BF16, INT8, FP16); the CPU does not change."""
     return tuple(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
