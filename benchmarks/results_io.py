@@ -4,44 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
 
+from bert_onnx import machine as machine_info
 from bert_onnx._files import atomic_write_text
-
-# The instruction sets that decide which kernels ONNX Runtime, PyTorch and OpenVINO can use: int8 dot products
-# (VNNI), bf16 GEMM (AVX512_BF16, AMX). Cloud VMs often hide some of the host CPU's, so record what this one shows.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return machine_info.cpu_flags()
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_flags()
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "isa": [f for f in ISA_FLAGS if f in flags],
-        "python": platform.python_version(),
-    }
+    return {**machine_info.describe(), "python": platform.python_version()}
 
 
 def vm_hwm_mb() -> float:

@@ -96,6 +96,8 @@ class VariantRecord:
     devices: tuple[str, ...]
     gate: str  # what was measured, against what, on which data
     checks: tuple[Check, ...]
+    # Where the gate was measured: CPU model, instruction sets, library versions (int8 rounds differently per CPU).
+    measured_on: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -111,6 +113,9 @@ class VariantRecord:
         for c in self.checks:
             limit = f"{'>=' if c.at_least else '<='} {c.limit:.4g}"
             lines.append(f"{c.name:<{width}}  {c.value:>10.4g}  {limit:>10}  {'ok' if c.passed else 'FAIL'}")
+        if self.measured_on:
+            isa = ", ".join(self.measured_on.get("isa", ())) or "none of note"
+            lines.append(f"measured on {self.measured_on.get('cpu', '?')} (instruction sets: {isa})")
         return "\n".join(lines)
 
     @classmethod
@@ -129,6 +134,7 @@ class VariantRecord:
             devices=tuple(data["devices"]),
             gate=str(data["gate"]),
             checks=tuple(Check(**c) for c in data["checks"]),
+            measured_on=dict(data.get("measured_on") or {}),
         )
 
 

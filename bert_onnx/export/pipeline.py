@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from bert_onnx import __version__, interface
+from bert_onnx import __version__, interface, machine
 from bert_onnx._files import atomic_write_text, install_dir, staging_dir
 from bert_onnx.export import variants as builders
 from bert_onnx.export.checkpoint import resolve_checkpoint
@@ -19,13 +20,14 @@ from bert_onnx.export.graph import DEFAULT_OPSET, SUPPORTED_OPSETS, export_graph
 from bert_onnx.export.tokenizer import convert_tokenizer
 from bert_onnx.export.validate import validate_graph
 from bert_onnx.manifest import Manifest, VariantRecord, sha256_file
+from bert_onnx.runtime.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "bert-base-uncased"
 
 
 def _versions() -> dict[str, str]:
     versions = {"bert-onnx": __version__, "python": platform.python_version()}
-    for package in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+    for package in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "openvino"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -138,13 +140,22 @@ def export_model(
         log(report.table())
         if not report.passed:
             raise ParityError(report)
-        records = {"fp32": VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], report)}
+        # int8 rounds, and OpenVINO compiles, differently per CPU: each gate says where it was measured.
+        versions = _versions()
+        measured_on: dict[str, object] = machine.describe()
+        measured_on.update({k: versions[k] for k in ("onnxruntime", "openvino") if k in versions})
+        fp32 = VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], report)
+        records = {"fp32": dataclasses.replace(fp32, measured_on=measured_on)}
+        runtime_tokenizer = Tokenizer.from_file(staged / interface.TOKENIZER_FILE, converted.pad_token_id)
         extra: dict[str, object] = {}
         for name in chosen[1:]:
             step(f"building the {name} variant and checking its gate")
             target = staged / interface.VARIANT_FILES[name]
-            build = builders.Build(bert, staged / interface.MODEL_FILE, target, converted.reference, max_length, log)
+            build = builders.Build(
+                bert, staged / interface.MODEL_FILE, target, converted.reference, max_length, log, runtime_tokenizer
+            )
             record, details = builders.MAKERS[name](build)
+            record = dataclasses.replace(record, measured_on=measured_on)
             log(record.table())
             if not record.passed:
                 raise VariantGateError(name, record)

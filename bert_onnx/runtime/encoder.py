@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from bert_onnx import interface
+from bert_onnx import interface, machine
 from bert_onnx.manifest import Manifest, ModelFolderError
+from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
 from bert_onnx.runtime.pooling import Pooling
@@ -146,8 +147,14 @@ class Encoder:
         stored = self.manifest.variants
         if device not in interface.VARIANT_PREFERENCE:
             raise ValueError(f"device={device!r} is not one of {', '.join(interface.VARIANT_PREFERENCE)}")
+        clipped = self._int8_clips_here()
         if variant is None:
-            return next(v for v in interface.VARIANT_PREFERENCE[device] if v in stored)
+            chosen = next(
+                v for v in interface.VARIANT_PREFERENCE[device] if v in stored and not (v == "int8" and clipped)
+            )
+            if clipped and "int8" in stored and device == "cpu":
+                warnings.warn(f"bert-onnx: using {chosen}, not int8: {clipped}", stacklevel=3)
+            return chosen
         if variant in interface.OPENVINO_VARIANTS.values():
             precision = variant.removeprefix("openvino-")
             raise ValueError(
@@ -163,7 +170,21 @@ class Encoder:
             )
         if device not in stored[variant].devices:
             raise ValueError(f"variant={variant!r} runs on {', '.join(stored[variant].devices)}, not device={device!r}")
+        if variant == "int8" and clipped:
+            warnings.warn(f"bert-onnx: int8's export gate does not hold here: {clipped}", stacklevel=3)
         return variant
+
+    def _int8_clips_here(self) -> str | None:
+        """Why this folder's int8 graph computes differently on this CPU than where its gate was measured, if it
+        does: signed int8 weights on a CPU without VNNI, whose kernels add products in saturating int16."""
+        if "int8" not in self.manifest.variants or self.manifest.extra.get("int8_weights", "s8") != "s8":
+            return None
+        if machine.has_vnni():
+            return None
+        return (
+            "its weights are signed (exported on a CPU with VNNI) and this CPU has no VNNI, so ONNX Runtime's int8 "
+            "kernels clip large products here; re-export on this machine for an int8 graph that is exact on it"
+        )
 
     @property
     def num_layers(self) -> int:
@@ -315,15 +336,10 @@ class Encoder:
         # Tokenized a window at a time, so memory beyond ``result`` stays bounded whatever the number of texts.
         for offset in range(0, len(batch), EMBED_WINDOW):
             window = batch[offset : offset + EMBED_WINDOW]
-            encodings = self.tokenizer.encodings(window, max_length, truncation, first_index=offset)
-            # Longest first, so each batch is padded only to lengths close to its own and memory peaks early.
-            order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-            start = 0
-            while start < len(order):
-                width = len(encodings[order[start]].ids)  # the batch's longest row: its first
-                rows = order[start : start + max(1, min(batch_size, max_tokens // width))]
-                start += len(rows)
-                tokens = self.tokenizer.pad([encodings[i] for i in rows], "longest", max_length)
+            batches = tokenized_batches(
+                self.tokenizer, window, max_length, truncation, batch_size, max_tokens, first_index=offset
+            )
+            for rows, tokens in batches:
                 outputs = self._forward(tokens, recipe.fetch)
                 result[[offset + i for i in rows]] = recipe(outputs, tokens.attention_mask)
                 if progress is not None:
