@@ -1,0 +1,116 @@
+"""Per-token int8 (bert_onnx.export.int8): the graph computes what its docstring says, row by row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import checkpoint_path
+from onnx import TensorProto, helper, numpy_helper
+
+from bert_onnx import interface
+from bert_onnx.export import export_model
+from bert_onnx.export.int8 import quantizable_matmuls, quantize_per_row, quantize_weight
+
+
+def _two_matmuls(k: int = 48, n: int = 24, seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """x (B, T, K) @ w1 and x @ w2: two constant-weight MatMuls reading one input (like query and key)."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(size=(k, n)).astype(np.float32)
+    w2 = rng.normal(size=(k, 2 * n)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["y1"], name="first"),
+            helper.make_node("MatMul", ["x", "w2"], ["y2"], name="second"),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", k])],
+        [
+            helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["B", "T", n]),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["B", "T", 2 * n]),
+        ],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w1, w2
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return list(session.run(None, {"x": x}))
+
+
+def _reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The docstring's arithmetic in NumPy: per-row symmetric activations, per-column symmetric weights."""
+    scale_row = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-30) / np.float32(127)
+    x_q = np.rint(x / scale_row)  # round half to even, as QuantizeLinear
+    w_q, scale_col = quantize_weight(w)
+    return (x_q.astype(np.float64) @ w_q.astype(np.float64)) * scale_col * scale_row
+
+
+@pytest.mark.parametrize("unsigned_weights", [False, True])
+def test_each_row_is_quantized_on_its_own(unsigned_weights: bool) -> None:
+    model, w1, w2 = _two_matmuls()
+    quantized = quantize_per_row(model, unsigned_weights=unsigned_weights)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 5, 48)).astype(np.float32)
+    x[1, 2] *= 1000  # an outlier token: per-tensor quantization would coarsen every other row
+    x[2, 4] = 0  # an all-zero row stays zero
+    y1, y2 = _run(quantized, x)
+    np.testing.assert_allclose(y1, _reference(x, w1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y2, _reference(x, w2), rtol=1e-5, atol=1e-5)
+    assert not y1[2, 4].any()
+    # The same row alone, or beside other rows, gives the same bits.
+    alone = _run(quantized, x[0:1, 3:4])
+    assert np.array_equal(alone[0][0, 0], y1[0, 3]) and np.array_equal(alone[1][0, 0], y2[0, 3])
+
+
+def test_signed_and_unsigned_weights_compute_the_same_numbers() -> None:
+    model, _, _ = _two_matmuls(seed=2)
+    x = np.random.default_rng(3).normal(size=(2, 7, 48)).astype(np.float32)
+    signed = _run(quantize_per_row(model), x)
+    unsigned = _run(quantize_per_row(model, unsigned_weights=True), x)
+    for a, b in zip(signed, unsigned, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_matmuls_sharing_an_input_become_one_integer_matmul() -> None:
+    model, _, _ = _two_matmuls()
+    ops = [node.op_type for node in quantize_per_row(model).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Split") == 1 and "MatMul" not in ops
+    kept = [node.op_type for node in quantize_per_row(model, float_nodes=["second"]).graph.node]
+    assert kept.count("MatMulIntegerToFloat") == 1 and kept.count("MatMul") == 1 and "Split" not in kept
+
+
+def test_unknown_float_node_is_refused() -> None:
+    model, _, _ = _two_matmuls()
+    with pytest.raises(ValueError, match="float_nodes names no quantizable MatMul: third"):
+        quantize_per_row(model, float_nodes=["third", "first"])
+
+
+@pytest.mark.parametrize("opset", [14, 18])
+def test_a_whole_bert_graph_keeps_its_interface(tmp_path: Path, opset: int) -> None:
+    """On the tiny checkpoint: four integer MatMuls per layer (query/key/value share one), every output kept and
+    close to fp32; from opset 18 on, ReduceMax takes its axes as an input."""
+    export_model(str(checkpoint_path("tiny")), tmp_path / "model", opset=opset, log=lambda message: None)
+    model = onnx.load(str(tmp_path / "model" / interface.MODEL_FILE))
+    layers = 2
+    assert len(quantizable_matmuls(model)) == 6 * layers
+    quantized = quantize_per_row(model)
+    ops = [node.op_type for node in quantized.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 4 * layers
+    names = [o.name for o in quantized.graph.output]
+    assert tuple(names) == interface.output_names(layers)
+    rng = np.random.default_rng(0)
+    feeds = {
+        "input_ids": rng.integers(1, 1000, size=(2, 9)),
+        "attention_mask": np.ones((2, 9), dtype=np.int64),
+        "token_type_ids": np.zeros((2, 9), dtype=np.int64),
+    }
+    fp32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, feeds)
+    int8 = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, feeds)
+    for name, a, b in zip(names, fp32, int8, strict=True):
+        cosine = np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        assert cosine.min() > 0.99, name
