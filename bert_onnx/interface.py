@@ -29,7 +29,7 @@ FP32_TOLERANCE = 1e-4
 
 # Model variants: the same graph interface, different arithmetic. fp32 is always exported (it is the reference).
 #   fp32  plain export                       opt   ONNX Runtime transformer fusions (Attention, SkipLayerNorm, ...)
-#   int8  dynamic int8 quantization (CPU)     fp16  half precision with fp32 inputs/outputs (CUDA)
+#   int8  per-token int8 quantization (CPU)   fp16  half precision with fp32 inputs/outputs (CUDA)
 #   openvino-fp32, openvino-bf16: no file of their own; the gate of OpenVINO running model.onnx at that precision
 #   (Encoder(backend="openvino", precision=...)).
 VARIANT_FILES: Mapping[str, str] = {

@@ -59,7 +59,8 @@ class Encoder:
     ``variant`` picks the graph: "fp32", "opt", "int8" (CPU) or "fp16" (CUDA), among those the folder holds (see
     ``bert-onnx info``). The default is the fastest stored variant for the device: int8, then fp32 on CPU (opt
     measured no faster there); fp16, then opt, then fp32 on CUDA. Every stored variant passed its accuracy gate at
-    export.
+    export. An int8 graph with signed weights is not picked by default on a CPU without VNNI, where ONNX Runtime's
+    int8 kernels would clip its products (a warning says so; ``variant="int8"`` runs it anyway, with a warning).
 
     ``backend="openvino"`` (extra ``[openvino]``) compiles ``model.onnx`` with OpenVINO on the CPU instead, at
     ``precision`` "fp32" or "bf16" (default: bf16 where OpenVINO reports bf16 units, else fp32; bf16 on a CPU
