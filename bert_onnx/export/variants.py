@@ -125,18 +125,18 @@ def int8_ladder(fp32_path: Path, rungs: int = INT8_RUNGS) -> list[list[str]]:
     return [down[:count] for count in range(min(rungs, len(down)) + 1)]
 
 
+_MEAN_NORMALIZED = Pooling.create("mean", None, "concat", True, num_layers=1)  # the gate's sentence embedding
+
+
 def sentence_embeddings(
     texts: Sequence[str], tokenizer: Tokenizer, run: Callable[[dict[str, np.ndarray]], np.ndarray], max_length: int
 ) -> np.ndarray:
     """Mean-pooled, normalized float32 embeddings of ``texts`` in input order, batched exactly as
     ``Encoder.embed`` batches them (:func:`bert_onnx.runtime.batching.tokenized_batches`, default budgets).
     ``run(feeds)`` returns ``last_hidden_state``."""
-    recipe = Pooling.create("mean", None, "concat", True, num_layers=1)
     result: np.ndarray | None = None
     for rows, batch in tokenized_batches(tokenizer, texts, max_length):
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        feeds["token_type_ids"] = batch.token_type_ids
-        pooled = recipe({interface.LAST_HIDDEN_STATE: run(feeds)}, batch.attention_mask)
+        pooled = _MEAN_NORMALIZED({interface.LAST_HIDDEN_STATE: run(batch.feeds())}, batch.attention_mask)
         if result is None:
             result = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
         result[rows] = pooled
@@ -152,13 +152,10 @@ def batch_invariance(
     long_text = _LONG_TEXT * (max_length // 4)
     alone = np.concatenate([sentence_embeddings([text], tokenizer, run, max_length) for text in texts])
     batched = sentence_embeddings(texts, tokenizer, run, max_length)
-    # One batch holding everything: budgets large enough that tokenized_batches makes a single batch.
-    recipe = Pooling.create("mean", None, "concat", True, num_layers=1)
-    rows = [*texts, long_text]
-    batch = tokenizer(rows, max_length=max_length)
-    feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    feeds["token_type_ids"] = batch.token_type_ids
-    beside_long = recipe({interface.LAST_HIDDEN_STATE: run(feeds)}, batch.attention_mask)[: len(texts)]
+    batch = tokenizer([*texts, long_text], max_length=max_length)  # one batch, every row padded to max_length
+    beside_long = _MEAN_NORMALIZED({interface.LAST_HIDDEN_STATE: run(batch.feeds())}, batch.attention_mask)[
+        : len(texts)
+    ]
     return float(max(np.abs(alone - batched).max(), np.abs(alone - beside_long).max()))
 
 

@@ -210,11 +210,7 @@ class Encoder:
     # -- running ---------------------------------------------------------------------------------------------
 
     def _forward(self, batch: TokenizedBatch, names: Sequence[str]) -> dict[str, np.ndarray]:
-        feeds = {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-            "token_type_ids": batch.token_type_ids,
-        }
+        feeds = batch.feeds()
         if batch.input_ids.shape[0] == 0:
             return {name: self._empty(name, batch.input_ids.shape[1]) for name in names}
         return dict(zip(names, self._run(list(names), feeds), strict=True))

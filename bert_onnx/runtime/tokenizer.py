@@ -41,6 +41,14 @@ class TokenizedBatch:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray
 
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The graph's inputs by name."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
+
 
 class Tokenizer:
     """BERT WordPiece tokenization, identical to transformers' ``BertTokenizer`` for the exported checkpoint.
