@@ -194,3 +194,20 @@ def test_int8_ladder_tries_all_int8_then_ffn_down_projections_in_float(variants_
     assert ladder == [[], down[:1], down[:2], down[:3]]
     gate = Manifest.read(variants_dir).variants["int8"].gate
     assert "FFN down-projection(s) kept in float" in gate
+
+
+def test_fp16_build_drops_exact_duplicate_nodes() -> None:
+    """ONNX Runtime 1.31's float16 converter (seen on a CUDA machine) repeated a Cast node; the copy goes, a real
+    name clash is refused."""
+    from onnx import helper
+
+    from bert_onnx.export.variants import _drop_duplicate_nodes
+
+    cast = helper.make_node("Cast", ["bias"], ["bias_fp32"], name="bias_cast_to_fp32_node", to=1)
+    add = helper.make_node("Add", ["x", "bias_fp32"], ["y"], name="add")
+    model = helper.make_model(helper.make_graph([cast, add, cast], "g", [], []))
+    _drop_duplicate_nodes(model)
+    assert [n.name for n in model.graph.node] == ["bias_cast_to_fp32_node", "add"]
+    clash = helper.make_node("Cast", ["other"], ["other_fp32"], name="add", to=1)
+    with pytest.raises(ExportError, match="two different nodes named 'add'"):
+        _drop_duplicate_nodes(helper.make_model(helper.make_graph([add, clash], "g", [], [])))

@@ -240,8 +240,31 @@ def build_fp16(fp32_path: Path, target: Path, config: Any) -> None:
     model.convert_float_to_float16(
         keep_io_types=True, op_block_list=["LayerNormalization", "SkipLayerNormalization", "Softmax"]
     )
+    _drop_duplicate_nodes(model.model)
     model.save_model_to_file(str(target))
     _check_outputs(target, int(config.num_hidden_layers))
+
+
+def _drop_duplicate_nodes(model: Any) -> None:
+    """Remove nodes that repeat an earlier node exactly (same name, operator, inputs, outputs, attributes).
+
+    ONNX Runtime 1.31's float16 converter inserts one Cast per blocked node for an initializer that several blocked
+    nodes read (the embedding LayerNorm's bias), each with the same name and output: ONNX Runtime then refuses the
+    graph ("two nodes with same node name"). Keeping the first copy is exact; any other clash is an error.
+    """
+    seen: dict[str, bytes] = {}
+    kept = []
+    for node in model.graph.node:
+        encoded = node.SerializeToString(deterministic=True)
+        if node.name in seen:
+            if seen[node.name] != encoded:
+                raise ExportError(f"the float16 graph has two different nodes named {node.name!r}")
+            continue
+        seen[node.name] = encoded
+        kept.append(node)
+    if len(kept) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
 
 
 def _cosine_checks(
