@@ -7,12 +7,14 @@ and exit status 1 (2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from bert_onnx import __version__
+from bert_onnx.runtime.pooling import COMBINES, POOLINGS
+from bert_onnx.runtime.recipe import EmbedRecipe
 
 EXPORT_EXTRA_HINT = "bert-onnx export needs the export extra: pip install 'bert-onnx[export]'"
 
@@ -23,7 +25,13 @@ def _export(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SystemExit(f"bert-onnx: error: {EXPORT_EXTRA_HINT} ({exc})") from exc
     export_model(
-        args.model, args.output, opset=args.opset, force=args.force, revision=args.revision, variants=args.variants
+        args.model,
+        args.output,
+        opset=args.opset,
+        force=args.force,
+        revision=args.revision,
+        variants=args.variants,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     return 0
 
@@ -48,6 +56,21 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
+def _recipe(args: argparse.Namespace, num_layers: int) -> EmbedRecipe:
+    """The one recipe both engines run, from the command line (checked against the model's layers)."""
+    recipe = EmbedRecipe(
+        pooling=args.pooling,
+        layers=None if args.layers is None else tuple(parse_layers(args.layers, num_layers)),
+        combine=args.combine,
+        normalize=args.normalize,
+        max_length=args.max_length,
+        truncation=not args.no_truncation,
+        batch_size=args.batch_size,
+    )
+    recipe.pooling_for(num_layers)
+    return recipe
+
+
 def _embed_ray(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -68,16 +91,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     from bert_onnx.manifest import Manifest
 
-    layers = None if args.layers is None else parse_layers(args.layers, Manifest.read(model_dir).num_layers)
-    recipe = {
-        "pooling": args.pooling,
-        "layers": layers,
-        "combine": args.combine,
-        "normalize": args.normalize,
-        "max_length": args.max_length,
-        "batch_size": args.batch_size,
-        "variant": args.variant,
-    }
+    recipe = _recipe(args, Manifest.read(model_dir).num_layers)
     with tqdm(unit="text", file=sys.stderr, disable=args.quiet, desc="embedding (ray)") as bar:
         summary = embed_to_parquet(
             model_dir,
@@ -91,6 +105,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
             rows_per_part=args.chunk_size,
             resume=args.resume,
             recipe=recipe,
+            variant=args.variant,
             progress=bar.update,
         )
     for row_id, reason in summary["bad_rows"][:20]:
@@ -106,13 +121,10 @@ def _embed_ray(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import hashlib
-    import shutil
-
     from tqdm import tqdm
 
-    from bert_onnx import embed_job
-    from bert_onnx.runtime import Encoder, TextTooLongError
+    from bert_onnx import jobs
+    from bert_onnx.runtime import Encoder
 
     if args.engine == "ray":
         return _embed_ray(args)
@@ -133,7 +145,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--input {source}: Is a directory")
     if not from_stdin and not source.is_file():
         raise ValueError(f"--input {source}: No such file")
-    input_sha256, count = (None, None) if from_stdin else embed_job.scan(source)
+    count = None if from_stdin else jobs.scan(source)[1]
     encoder = Encoder(
         args.model_dir,
         device=args.device,
@@ -142,71 +154,26 @@ def _embed(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
     )
-    layers = None if args.layers is None else parse_layers(args.layers, encoder.num_layers)
-    recipe: dict[str, Any] = {
-        "pooling": args.pooling,
-        "layers": layers,
-        "combine": args.combine,
-        "normalize": args.normalize,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "truncation": not args.no_truncation,
-    }
-    dim = encoder.embed([], **recipe).shape[1]  # also checks the recipe before any work
-    settings = {
-        "input": "<stdin>" if from_stdin else str(source.resolve()),
-        "input_sha256": input_sha256,
-        "lines": count,
-        "model": str(encoder.model_dir.resolve()),
-        "model_sha256": encoder.manifest.files[encoder.manifest.variants[encoder.variant].file],
-        "variant": encoder.variant,
-        "device": encoder.device,
-        "backend": encoder.backend,
-        "precision": encoder.precision,
-        "chunk_size": args.chunk_size,
-        "dim": dim,
-        **recipe,
-    }
-    parts = embed_job.parts_dir(output)
-    index = embed_job.PartsIndex.open(parts, settings, resume=args.resume)
-
-    def locate(exc: Exception, first_line: int) -> Exception:
-        if isinstance(exc, TextTooLongError):
-            return ValueError(
-                f"{args.input}: line {first_line + exc.index + 1} is {exc.length} tokens long, over --max-length "
-                f"{exc.max_length}; drop --no-truncation to cut such lines"
-            )
-        return exc
-
-    digest = hashlib.sha256()
+    recipe = _recipe(args, encoder.num_layers)
     with tqdm(total=count, unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
         try:
-            with sys.stdin.buffer if from_stdin else open(source, "rb") as handle:
-                total = embed_job.run(
-                    lambda texts: encoder.embed(texts, progress=bar.update, **recipe),
-                    embed_job.read_lines(handle, args.input, digest),
-                    count,
-                    index,
-                    args.chunk_size,
-                    bar.update,
-                    locate,
-                )
-        except KeyboardInterrupt:
-            print(
-                f"bert-onnx: interrupted; {len(index.done)} finished chunk(s) are kept in {parts}; "
-                "rerun with --resume to continue",
-                file=sys.stderr,
+            rows, dim = jobs.embed_file(
+                encoder,
+                sys.stdin.buffer if from_stdin else source,
+                output,
+                recipe,
+                chunk_size=args.chunk_size,
+                resume=args.resume,
+                progress=bar.update,
             )
+        except jobs.LineTooLongError as exc:
+            raise ValueError(
+                f"{exc.source}: line {exc.line} is {exc.length} tokens long, over --max-length {exc.max_length}; "
+                "turn truncation on (drop --no-truncation) to cut such lines"
+            ) from None
+        except KeyboardInterrupt:  # the job has logged what it kept
+            print("bert-onnx: interrupted; rerun with --resume to continue", file=sys.stderr)
             return 130
-        except Exception:
-            if index.done:
-                print(f"bert-onnx: {len(index.done)} finished chunk(s) are kept in {parts}", file=sys.stderr)
-            else:  # nothing finished: nothing worth keeping
-                shutil.rmtree(parts, ignore_errors=True)
-            raise
-    if input_sha256 is not None and digest.hexdigest() != input_sha256:
-        raise RuntimeError(f"{source} changed while it was read; delete {parts} and run again")
-    rows, dim = embed_job.assemble(index, total, output)
     print(f"wrote {output}: {rows} x {dim} float32", file=sys.stderr)
     return 0
 
@@ -307,14 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--output", "-o", required=True, metavar="OUT.npy", help="where to save the array (--engine ray: a folder)"
     )
-    embed.add_argument("--pooling", choices=("cls", "pooler", "mean"), default="cls", help="default: cls")
+    embed.add_argument("--pooling", choices=POOLINGS, default="cls", help="default: cls")
     embed.add_argument(
         "--layers",
         metavar="SPEC",
         help="hidden states to pool instead of the last layer: ints and start:stop slices, e.g. --layers=-4: "
         "(the last four; use '=' before a leading minus) or --layers 0,6,12",
     )
-    embed.add_argument("--combine", choices=("concat", "mean"), default="concat", help="how --layers are joined")
+    embed.add_argument("--combine", choices=COMBINES, default="concat", help="how --layers are joined")
     embed.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
     embed.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     embed.add_argument(
@@ -365,8 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_log() -> None:
+    """The library reports through logging (e.g. bert_onnx.jobs when resuming); the command line shows it."""
+    library = logging.getLogger("bert_onnx")
+    if not any(getattr(h, "bert_onnx_cli", False) for h in library.handlers):
+        handler = logging.StreamHandler()  # writes to the sys.stderr of the moment it emits
+        handler.setFormatter(logging.Formatter("bert-onnx: %(message)s"))
+        handler.bert_onnx_cli = True  # type: ignore[attr-defined]
+        library.addHandler(handler)
+    library.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_library_log()
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ def exported(model: str, folder: Path) -> Path:
         Manifest.read(folder).verify_files(folder)
         print(f"using the earlier export in {folder}")
     except ModelFolderError:
-        export_model(model, folder, force=folder.exists())
+        export_model(model, folder, force=folder.exists(), log=print)
     return folder
 
 

@@ -31,7 +31,7 @@ texts = ["I love Korea", "A longer sentence, so that the batch has padding in it
 cpu = Encoder(folder, variant="fp32")
 for variant in ("fp32", "opt", "fp16"):
     gpu = Encoder(folder, device="cuda", variant=variant)
-    assert gpu._session.get_providers()[0] == "CUDAExecutionProvider", gpu._session.get_providers()
+    assert gpu.runner.session.get_providers()[0] == "CUDAExecutionProvider", gpu.runner.session.get_providers()
     a, b = cpu.encode(texts), gpu.encode(texts)
     keep = a.attention_mask.astype(bool)
     worst = max(float(np.abs(x[keep] - y[keep]).max()) for x, y in zip(a.hidden_states, b.hidden_states))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -35,8 +35,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+_log = logging.getLogger(__name__)
 
 
 def _check_target(output: Path, force: bool) -> None:
@@ -95,7 +94,7 @@ def export_model(
     force: bool = False,
     revision: str | None = None,
     variants: Sequence[str] = ("fp32",),
-    log: Callable[[str], None] = _stderr,
+    log: Callable[[str], None] = _log.info,
 ) -> Manifest:
     """Export ``model`` (hub id or checkpoint folder) to the folder ``output`` and return its manifest.
 
@@ -105,6 +104,7 @@ def export_model(
 
     ``variants`` adds faster graphs beside ``model.onnx`` ("opt", "int8", "fp16"; see
     :mod:`bert_onnx.export.variants`); each must pass its own gate or the export fails (:class:`VariantGateError`).
+    Progress and the parity tables go to ``log`` (default: the ``bert_onnx.export.pipeline`` logger at INFO).
     """
     output = Path(output)
     chosen = check_variants(variants)

@@ -31,7 +31,7 @@ from bert_onnx.export.errors import ExportError
 from bert_onnx.export.validate import compare, run_both, torch_outputs, validate_graph, validation_batch
 from bert_onnx.manifest import Check, ParityReport, VariantRecord
 from bert_onnx.runtime.batching import tokenized_batches
-from bert_onnx.runtime.pooling import Pooling
+from bert_onnx.runtime.recipe import EmbedRecipe
 from bert_onnx.runtime.session import create_session
 from bert_onnx.runtime.tokenizer import Tokenizer
 
@@ -125,7 +125,7 @@ def int8_ladder(fp32_path: Path, rungs: int = INT8_RUNGS) -> list[list[str]]:
     return [down[:count] for count in range(min(rungs, len(down)) + 1)]
 
 
-_MEAN_NORMALIZED = Pooling.create("mean", None, "concat", True, num_layers=1)  # the gate's sentence embedding
+_MEAN_NORMALIZED = EmbedRecipe(pooling="mean", normalize=True).pooling_for(num_layers=1)  # the gate's embedding
 
 
 def sentence_embeddings(

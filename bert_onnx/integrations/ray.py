@@ -25,7 +25,6 @@ Nothing here is imported unless asked for: ``import bert_onnx`` never imports Ra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from bert_onnx.runtime.encoder import Encoder
 from bert_onnx.runtime.inputs import check_texts
+from bert_onnx.runtime.recipe import EmbedRecipe
 
 ERROR_COLUMN = "error"
 
@@ -67,9 +67,10 @@ class RayEmbedder:
     """A callable class for ``Dataset.map_batches(..., batch_format="numpy")``; see the module docstring.
 
     ``text_column`` is read; every input column is passed through; ``output_column`` (float32, ``(rows, dim)``)
-    and ``error`` (None, or why the row has a NaN vector) are added. ``pooling``, ``layers``, ``combine``,
-    ``normalize``, ``max_length``, ``batch_size`` and ``max_tokens`` are ``Encoder.embed``'s; ``threads`` defaults
-    to the CPUs Ray assigned to the actor.
+    and ``error`` (None, or why the row has a NaN vector) are added. The embedding is ``recipe`` (an
+    :class:`EmbedRecipe`), or one built from its fields given as keywords (``pooling="mean"``, ...); with
+    ``truncation=False`` a text over ``max_length`` tokens is a bad row. ``threads`` defaults to the CPUs Ray
+    assigned to the actor.
     """
 
     def __init__(
@@ -77,28 +78,29 @@ class RayEmbedder:
         model_dir: str | Path,
         text_column: str = "text",
         output_column: str = "embedding",
-        pooling: str = "cls",
-        layers: int | Sequence[int] | None = None,
-        combine: str = "concat",
-        normalize: bool = False,
-        max_length: int | None = None,
-        batch_size: int = 32,
-        max_tokens: int = 8192,
+        recipe: EmbedRecipe | None = None,
         variant: str | None = None,
         threads: int | None = None,
+        **fields: Any,
     ) -> None:
+        if recipe is not None and fields:
+            raise TypeError(f"pass recipe= or its fields ({', '.join(fields)}), not both")
+        self.recipe = EmbedRecipe(**fields) if recipe is None else recipe
         self.encoder = Encoder(model_dir, threads=threads or _actor_cpus(), variant=variant)
         self.text_column, self.output_column = text_column, output_column
-        self.options: dict[str, Any] = {
-            "pooling": pooling,
-            "layers": layers,
-            "combine": combine,
-            "normalize": normalize,
-            "max_length": max_length,
-            "batch_size": batch_size,
-            "max_tokens": max_tokens,
-        }
-        self.dim = int(self.encoder.embed([], **self.options).shape[1])  # checks the options once, up front
+        self.recipe.pooling_for(self.encoder.num_layers)  # checks the layers once, up front
+        self.dim = self.recipe.dim(self.encoder.hidden_size)
+        self.max_length = self.recipe.max_length or self.encoder.max_length
+
+    def _too_long(self, texts: list[str]) -> list[str | None]:
+        """With truncation off, why each text is too long (or None): such a row is reported, not embedded."""
+        if self.recipe.truncation:
+            return [None] * len(texts)
+        counts = self.encoder.tokenizer.token_counts(texts)
+        return [
+            None if n <= self.max_length else f"text is {n} tokens long, over max_length={self.max_length}"
+            for n in counts
+        ]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.text_column not in batch:
@@ -109,9 +111,12 @@ class RayEmbedder:
             given[i] if given is not None and given[i] is not None else row_error(text) for i, text in enumerate(texts)
         ]
         good = [i for i, e in enumerate(errors) if e is None]
+        for i, error in zip(good, self._too_long([texts[i] for i in good]), strict=True):
+            errors[i] = error
+        good = [i for i, e in enumerate(errors) if e is None]
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         if good:
-            vectors[good] = self.encoder.embed([texts[i] for i in good], **self.options)
+            vectors[good] = self.encoder.embed_recipe([texts[i] for i in good], self.recipe)
         return {
             **batch,
             self.output_column: vectors,
@@ -120,9 +125,6 @@ class RayEmbedder:
 
 
 # -- the driver behind `bert-onnx embed --engine ray` --------------------------------------------------------------
-
-INDEX_FORMAT = "bert-onnx-ray-embed"
-INDEX_VERSION = 1
 
 
 def _clean(value: Any) -> tuple[str | None, str | None]:
@@ -177,15 +179,9 @@ def read_input(path: Path, text_column: str, id_column: str) -> Any:
     )
 
 
-def _part(output: Path, number: int) -> Path:
-    return output / f"part-{number:05d}.parquet"
-
-
-def _write_part(path: Path, rows: dict[str, np.ndarray], id_column: str, output_column: str) -> None:
+def _parquet_writer(rows: dict[str, np.ndarray], id_column: str, output_column: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from bert_onnx._files import atomic_write
 
     vectors = np.ascontiguousarray(rows[output_column], dtype=np.float32)
     table = pa.table(
@@ -196,7 +192,11 @@ def _write_part(path: Path, rows: dict[str, np.ndarray], id_column: str, output_
             ERROR_COLUMN: pa.array([e if isinstance(e, str) else None for e in rows[ERROR_COLUMN]], pa.string()),
         }
     )
-    atomic_write(path, lambda handle: pq.write_table(table, handle))
+
+    def write(handle: Any) -> None:
+        pq.write_table(table, handle)
+
+    return write
 
 
 def embed_to_parquet(
@@ -212,68 +212,40 @@ def embed_to_parquet(
     rows_per_part: int = 10_000,
     rows_per_call: int | None = None,
     resume: bool = False,
-    recipe: dict[str, Any] | None = None,
+    recipe: EmbedRecipe | None = None,
+    variant: str | None = None,
     progress: Any = None,
-    log: Any = print,
 ) -> dict[str, Any]:
     """Embed ``input_path`` on Ray into Parquet parts under ``output``; return a summary.
 
-    Parts hold ``rows_per_part`` consecutive input rows each (id, embedding, error) and are written atomically by
-    the driver in input order, with ``index.json`` listing the finished ones and the run's settings. A rerun with
-    ``resume`` checks the settings and parts and continues after the last finished part, so no row is written twice
-    or lost. Bad rows (null, non-string or invalid text) are kept with a NaN vector and a message, and listed.
+    Parts hold ``rows_per_part`` consecutive input rows each (id, embedding, error), written by the driver in input
+    order into a :class:`bert_onnx.jobs.PartStore`: with ``resume``, a rerun checks the settings and parts and
+    continues after the last finished part, so no row is written twice or lost. Bad rows (null, non-string or
+    invalid text, or too long with truncation off) are kept with a NaN vector and a message, and listed.
     """
-    import json
-
+    import pyarrow.parquet as pq
     import ray
 
-    from bert_onnx._files import atomic_write_text
-    from bert_onnx.embed_job import remove_stale_temporaries, scan, settings_changes
-    from bert_onnx.manifest import Manifest, sha256_file
+    from bert_onnx.jobs import PartStore, scan
+    from bert_onnx.manifest import Manifest
 
-    recipe = dict(recipe or {})
+    recipe = EmbedRecipe() if recipe is None else recipe
     table = read_input(input_path, text_column, id_column)
-    manifest = Manifest.read(model_dir)
     settings = {
         "input": str(input_path.resolve()),
         "input_sha256": scan(input_path)[0],
         "rows": table.num_rows,
         "model": str(Path(model_dir).resolve()),
-        "model_files": manifest.files,
+        "model_files": Manifest.read(model_dir).files,
+        "variant": variant,
         "text_column": text_column,
         "id_column": id_column,
         "rows_per_part": rows_per_part,
-        **{k: v for k, v in recipe.items()},
+        **recipe.to_dict(),
     }
-    index_path = output / "index.json"
-    done: dict[int, dict[str, Any]] = {}
-    if output.exists() and any(output.iterdir()):
-        if not resume:
-            raise ValueError(f"--output {output} is not empty; pass --resume to continue a run there")
-        try:
-            body = json.loads(index_path.read_text())
-            stored = body["settings"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{index_path}: cannot resume from it ({exc})") from exc
-        details = settings_changes(stored, settings)
-        if details:
-            raise ValueError(f"{output} was started with other settings ({details})")
-        for key, record in body["parts"].items():
-            path = _part(output, int(key))
-            if path.is_file() and sha256_file(path) == record["sha256"]:
-                done[int(key)] = record
-    output.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output)
-
-    def save_index() -> None:
-        body = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "settings": settings, "parts": done}
-        atomic_write_text(index_path, json.dumps(body, indent=1, default=str) + "\n")
-
-    save_index()
+    store = PartStore.open(output, settings, ".parquet", resume)
     parts = (table.num_rows + rows_per_part - 1) // rows_per_part
-    first = 0
-    while first in done:
-        first += 1
+    first = store.first_missing()
     if progress is not None:
         progress(min(first * rows_per_part, table.num_rows))
     if first < parts:
@@ -285,7 +257,12 @@ def embed_to_parquet(
         dataset = ray.data.from_arrow(table.slice(first * rows_per_part))
         embedded = dataset.map_batches(
             RayEmbedder,
-            fn_constructor_kwargs={"model_dir": str(model_dir), "text_column": text_column, **recipe},
+            fn_constructor_kwargs={
+                "model_dir": str(model_dir),
+                "text_column": text_column,
+                "recipe": recipe,
+                "variant": variant,
+            },
             # Calls no bigger than a part, so parts are written as calls finish, not all at the end.
             batch_size=rows_per_call or min(1024, rows_per_part),
             batch_format="numpy",
@@ -298,19 +275,14 @@ def embed_to_parquet(
         for number, batch in enumerate(
             embedded.iter_batches(batch_size=rows_per_part, batch_format="numpy"), start=first
         ):
-            _write_part(_part(output, number), batch, id_column, "embedding")
             rows = len(batch[id_column])
-            done[number] = {"rows": rows, "sha256": sha256_file(_part(output, number))}
-            save_index()
+            store.add(number, rows, _parquet_writer(batch, id_column, "embedding"))
             if progress is not None:
                 progress(rows)
-    import pyarrow.parquet as pq
-
     bad = []
-    for number in sorted(done):
-        part = pq.read_table(_part(output, number), columns=[id_column, ERROR_COLUMN]).to_pylist()
+    for number in sorted(store.done):
+        part = pq.read_table(store.part_path(number), columns=[id_column, ERROR_COLUMN]).to_pylist()
         bad += [(row[id_column], row[ERROR_COLUMN]) for row in part if row[ERROR_COLUMN] is not None]
-    written = sum(r["rows"] for r in done.values())
-    if written != table.num_rows:
-        raise RuntimeError(f"{output}: {written} rows written for {table.num_rows} input rows")
-    return {"rows": written, "parts": len(done), "bad_rows": bad}
+    if store.rows != table.num_rows:
+        raise RuntimeError(f"{output}: {store.rows} rows written for {table.num_rows} input rows")
+    return {"rows": store.rows, "parts": len(store.done), "bad_rows": bad}

@@ -11,6 +11,7 @@ from bert_onnx.manifest import Manifest, ModelFolderError
 from bert_onnx.runtime.encoder import Encoder, EncoderOutput
 from bert_onnx.runtime.openvino_backend import BackendError
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS
+from bert_onnx.runtime.recipe import EmbedRecipe
 from bert_onnx.runtime.session import DEVICES, ProviderError
 from bert_onnx.runtime.tokenizer import TextTooLongError, TokenizedBatch, Tokenizer
 
@@ -19,6 +20,7 @@ __all__ = [
     "DEVICES",
     "POOLINGS",
     "BackendError",
+    "EmbedRecipe",
     "Encoder",
     "EncoderOutput",
     "Manifest",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,11 @@ from bert_onnx.manifest import Manifest, ModelFolderError
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
-from bert_onnx.runtime.pooling import Pooling
-from bert_onnx.runtime.session import create_session, default_cache_dir
+from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.runners import OnnxRuntimeRunner, Runner, check_options
+from bert_onnx.runtime.session import default_cache_dir
 from bert_onnx.runtime.tokenizer import Padding, TokenizedBatch, Tokenizer
 
-BACKENDS = ("onnxruntime", "openvino")
 EMBED_WINDOW = 8192  # texts tokenized and length-sorted together by ``embed``
 
 
@@ -81,20 +81,7 @@ class Encoder:
     ) -> None:
         if not isinstance(session_cache, (bool, str, Path)):
             raise TypeError(f"session_cache={session_cache!r} must be True, False or a folder path")
-        if io_binding is not None and not isinstance(io_binding, bool):
-            raise TypeError(f"io_binding={io_binding!r} must be True, False or None")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-        if backend == "onnxruntime" and precision is not None:
-            raise ValueError("precision= applies to backend='openvino'; with ONNX Runtime pick a variant= instead")
-        if backend == "openvino":
-            if device != "cpu":
-                raise ValueError(f"backend='openvino' runs on device='cpu', not {device!r}")
-            if variant not in (None, "fp32"):
-                raise ValueError(f"backend='openvino' compiles the fp32 graph (model.onnx), not variant={variant!r}")
-            if io_binding:
-                raise ValueError("io_binding is an ONNX Runtime feature; backend='openvino' does not use it")
-            variant = "fp32"
+        variant = check_options(backend, device, variant, io_binding, precision)
         self.backend = backend
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -110,14 +97,16 @@ class Encoder:
         )
         cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
         check_domains(self.model_dir / model_file)
-        self.io_binding = device == "cuda" if io_binding is None else io_binding
         self.precision: str | None = None
+        self.runner: Runner
         if backend == "openvino":
             from bert_onnx.runtime import openvino_backend
 
             self.precision = openvino_backend.default_precision() if precision is None else precision
-            # The session checks the precision (name, CPU support, what OpenVINO compiled) before the gate lookup.
-            session = openvino_backend.OpenVINOSession(self.model_dir / model_file, self.precision, threads, cache_dir)
+            # The runner checks the precision (name, CPU support, what OpenVINO compiled) before the gate lookup.
+            self.runner = openvino_backend.OpenVINOSession(
+                self.model_dir / model_file, self.precision, threads, cache_dir
+            )
             gate = interface.OPENVINO_VARIANTS[self.precision]
             if gate not in self.manifest.variants:
                 warnings.warn(
@@ -125,23 +114,20 @@ class Encoder:
                     f"export with --variants fp32,{gate} to check it against PyTorch and record its gate",
                     stacklevel=2,
                 )
-            self._run = session.run
-            graph_inputs, graph_outputs = session.input_names, session.output_names
         else:
-            self._session = create_session(
+            self.runner = OnnxRuntimeRunner(
                 self.model_dir / model_file,
                 device=device,
                 threads=threads,
+                io_binding=io_binding,
                 cache_dir=cache_dir if verify else None,
                 model_sha256=self.manifest.files[model_file],
             )
-            self._run = self._run_io_binding if self.io_binding else self._run_plain
-            graph_outputs = tuple(o.name for o in self._session.get_outputs())
-            graph_inputs = tuple(i.name for i in self._session.get_inputs())
-        if graph_outputs != self.manifest.output_names or graph_inputs != interface.INPUT_NAMES:
+        self.io_binding = isinstance(self.runner, OnnxRuntimeRunner) and self.runner.io_binding
+        if self.runner.output_names != self.manifest.output_names or self.runner.input_names != interface.INPUT_NAMES:
             raise ModelFolderError(
-                f"{self.model_dir / model_file}: graph inputs {list(graph_inputs)} / outputs "
-                f"{list(graph_outputs)} do not match {interface.MANIFEST_FILE}"
+                f"{self.model_dir / model_file}: graph inputs {list(self.runner.input_names)} / outputs "
+                f"{list(self.runner.output_names)} do not match {interface.MANIFEST_FILE}"
             )
 
     def _choose_variant(self, variant: str | None, device: str) -> str:
@@ -213,19 +199,7 @@ class Encoder:
         feeds = batch.feeds()
         if batch.input_ids.shape[0] == 0:
             return {name: self._empty(name, batch.input_ids.shape[1]) for name in names}
-        return dict(zip(names, self._run(list(names), feeds), strict=True))
-
-    def _run_plain(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self._session.run(list(names), dict(feeds)))
-
-    def _run_io_binding(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        binding = self._session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        for name in names:  # only the requested outputs are bound and copied to host memory
-            binding.bind_output(name, self.device)
-        self._session.run_with_iobinding(binding)
-        return [value.numpy() for value in binding.get_outputs()]
+        return dict(zip(names, self.runner.run(list(names), feeds), strict=True))
 
     def _empty(self, name: str, sequence: int) -> np.ndarray:
         shape = (0, self.hidden_size) if name == interface.POOLER_OUTPUT else (0, sequence, self.hidden_size)
@@ -314,31 +288,56 @@ class Encoder:
     ) -> np.ndarray:
         """One float32 vector per text, shape ``(len(texts), dim)``, in input order.
 
-        ``pooling``: "cls" (the [CLS] vector), "pooler" (``pooler_output``: dense + tanh over [CLS]) or "mean"
-        (average over real tokens). ``layers`` pools hidden states instead of ``last_hidden_state`` (e.g.
-        ``[-4, -3, -2, -1]``, the last four) and ``combine`` joins them: "concat" (dim = hidden * len(layers)) or
-        "mean". ``normalize`` scales each vector to unit length. Texts are sorted by length into batches of at most
-        ``batch_size`` texts and ``max_tokens`` padded tokens (so a batch of long texts stays small and memory stays
-        bounded), each padded only to its own longest text; only the outputs the recipe needs are fetched.
-        ``progress(n)`` is called after each batch with the number of texts it finished.
+        The keywords are an :class:`~bert_onnx.runtime.recipe.EmbedRecipe`'s fields: ``pooling`` "cls", "pooler"
+        (``pooler_output``) or "mean"; ``layers`` pools hidden states instead of ``last_hidden_state`` (e.g.
+        ``[-4, -3, -2, -1]``) and ``combine`` joins them, "concat" (dim = hidden * len(layers)) or "mean";
+        ``normalize`` scales each vector to unit length. See :meth:`embed_recipe`.
         """
-        recipe = Pooling.create(pooling, layers, combine, normalize, self.num_layers)
+        recipe = EmbedRecipe(
+            pooling=pooling,
+            layers=layers,  # type: ignore[arg-type]  # EmbedRecipe normalizes an int or a sequence to a tuple
+            combine=combine,
+            normalize=normalize,
+            max_length=max_length,
+            truncation=truncation,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+        )
+        return self.embed_recipe(texts, recipe, progress)
+
+    def embed_recipe(
+        self, texts: str | Sequence[str], recipe: EmbedRecipe, progress: Callable[[int], object] | None = None
+    ) -> np.ndarray:
+        """Embed ``texts`` by ``recipe``: shape ``(len(texts), recipe.dim(hidden_size))``, in input order.
+
+        Texts are sorted by length into batches of at most ``recipe.batch_size`` texts and ``recipe.max_tokens``
+        padded tokens (:mod:`bert_onnx.runtime.batching`), each padded only to its own longest text, and only the
+        outputs the recipe needs are fetched. A text's vector does not depend on its batch. ``progress(n)`` is
+        called after each batch with the number of texts it finished.
+        """
+        if not isinstance(recipe, EmbedRecipe):
+            raise TypeError(f"recipe={recipe!r} must be an EmbedRecipe")
+        pooling = recipe.pooling_for(self.num_layers)
         batch = check_texts(texts)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive int")
-        max_length = self._check_max_length(max_length)
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < max_length:
-            raise ValueError(f"max_tokens={max_tokens!r} must be an int >= max_length ({max_length})")
+        max_length = self._check_max_length(recipe.max_length)
+        if recipe.max_tokens < max_length:
+            raise ValueError(f"max_tokens={recipe.max_tokens!r} must be an int >= max_length ({max_length})")
         result = np.empty((len(batch), recipe.dim(self.hidden_size)), dtype=np.float32)
         # Tokenized a window at a time, so memory beyond ``result`` stays bounded whatever the number of texts.
         for offset in range(0, len(batch), EMBED_WINDOW):
             window = batch[offset : offset + EMBED_WINDOW]
             batches = tokenized_batches(
-                self.tokenizer, window, max_length, truncation, batch_size, max_tokens, first_index=offset
+                self.tokenizer,
+                window,
+                max_length,
+                recipe.truncation,
+                recipe.batch_size,
+                recipe.max_tokens,
+                first_index=offset,
             )
             for rows, tokens in batches:
-                outputs = self._forward(tokens, recipe.fetch)
-                result[[offset + i for i in rows]] = recipe(outputs, tokens.attention_mask)
+                outputs = self._forward(tokens, pooling.fetch)
+                result[[offset + i for i in rows]] = pooling(outputs, tokens.attention_mask)
                 if progress is not None:
                     progress(len(rows))
         return result

@@ -15,11 +15,8 @@ COMBINES: tuple[str, ...] = ("concat", "mean")
 
 @dataclass(frozen=True)
 class Pooling:
-    """A validated embedding recipe for a model with ``num_layers`` encoder layers.
-
-    ``layers`` are hidden-state indices (0 = embeddings, N = last layer; negative counts from the end, so
-    ``(-4, -3, -2, -1)`` is the last four) or ``None`` for ``last_hidden_state``.
-    """
+    """The pooling step of an ``EmbedRecipe`` (which validates the fields), for a model with a known layer count:
+    ``layers`` resolved to hidden-state indices 0..N, or ``None`` for ``last_hidden_state``."""
 
     pooling: str
     layers: tuple[int, ...] | None
@@ -30,35 +27,24 @@ class Pooling:
     def create(
         cls,
         pooling: str,
-        layers: int | Sequence[int] | None,
+        layers: Sequence[int] | None,
         combine: str,
         normalize: bool,
         num_layers: int,
     ) -> Pooling:
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
-        if combine not in COMBINES:
-            raise ValueError(f"combine={combine!r} is not one of {', '.join(COMBINES)}")
+        """Resolve negative ``layers`` (counted from the end) and check them against ``num_layers``."""
         if layers is None:
-            return cls(pooling, None, combine, bool(normalize))
-        if pooling == "pooler":
-            raise ValueError("pooling='pooler' reads pooler_output (from the last layer); it takes no layers")
-        if isinstance(layers, int | np.integer):
-            layers = [int(layers)]
-        if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) == 0:
-            raise ValueError(f"layers={layers!r} must be an int or a non-empty sequence of ints")
+            return cls(pooling, None, combine, normalize)
         resolved = []
         for layer in layers:
-            if not isinstance(layer, int | np.integer) or isinstance(layer, bool):
-                raise ValueError(f"layers contains {layer!r}; hidden-state indices are ints")
-            index = int(layer) + num_layers + 1 if layer < 0 else int(layer)
+            index = layer + num_layers + 1 if layer < 0 else layer
             if not 0 <= index <= num_layers:
                 raise ValueError(
                     f"layer {layer} is out of range: this model has hidden states 0..{num_layers} "
                     f"(or -{num_layers + 1}..-1)"
                 )
             resolved.append(index)
-        return cls(pooling, tuple(resolved), combine, bool(normalize))
+        return cls(pooling, tuple(resolved), combine, normalize)
 
     @property
     def fetch(self) -> tuple[str, ...]:
@@ -68,11 +54,6 @@ class Pooling:
         if self.layers is None:
             return (interface.LAST_HIDDEN_STATE,)
         return tuple(dict.fromkeys(interface.hidden_state_name(i) for i in self.layers))
-
-    def dim(self, hidden_size: int) -> int:
-        if self.layers is not None and self.combine == "concat":
-            return hidden_size * len(self.layers)
-        return hidden_size
 
     def __call__(self, outputs: dict[str, np.ndarray], attention_mask: np.ndarray) -> np.ndarray:
         """Pool one batch of fetched outputs into (batch, dim) float32."""

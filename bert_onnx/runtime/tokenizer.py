@@ -148,6 +148,10 @@ class Tokenizer:
                 raise TextTooLongError(first_index + index, len(encoding.ids), max_length)
         return encodings
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text with [CLS]/[SEP], untruncated."""
+        return [len(e.ids) for e in self._backend.encode_batch(list(texts))]
+
     def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> TokenizedBatch:
         """Right-pad encodings into (batch, sequence) int64 arrays."""
         if padding not in PADDINGS:

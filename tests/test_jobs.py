@@ -1,0 +1,121 @@
+"""bert_onnx.jobs: one resumable store (index, checksums, one error type, one damaged-part policy) and the
+Python-callable ``embed_file``; the CLI's `bert-onnx embed` and Ray's Parquet parts both run on it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pytest
+
+from bert_onnx.jobs import PartStore, ResumeError, embed_file, parts_dir
+from bert_onnx.runtime import EmbedRecipe
+
+pytestmark = pytest.mark.fast  # the edit-loop tier: tiny checkpoint, in process
+
+
+def _bytes(payload: bytes) -> Callable[[IO[bytes]], None]:
+    def write(handle: IO[bytes]) -> None:
+        handle.write(payload)
+
+    return write
+
+
+def test_a_store_keeps_finished_parts_and_refuses_what_does_not_match(tmp_path: Path) -> None:
+    folder = tmp_path / "job"
+    store = PartStore.open(folder, {"input": "a", "pooling": "cls"}, ".bin", resume=False)
+    store.add(0, 3, _bytes(b"zero"))
+    store.add(1, 2, _bytes(b"one"))
+    assert store.first_missing() == 2 and store.rows == 5 and PartStore.finished(folder) == 2
+
+    again = PartStore.open(folder, {"input": "a", "pooling": "cls"}, ".bin", resume=True)
+    assert again.done == store.done
+    with pytest.raises(ResumeError, match=r"holds an unfinished run .* pass --resume .* delete that folder"):
+        PartStore.open(folder, {"input": "a", "pooling": "cls"}, ".bin", resume=False)
+    with pytest.raises(ResumeError, match=r"started with other settings \(pooling: was 'cls', now 'mean'\)"):
+        PartStore.open(folder, {"input": "a", "pooling": "mean"}, ".bin", resume=True)
+    with pytest.raises(ResumeError, match=r"its parts are \.bin files, this job writes \.parquet"):
+        PartStore.open(folder, {"input": "a", "pooling": "cls"}, ".parquet", resume=True)
+    (folder / "index.json").write_text("{not json")
+    with pytest.raises(ResumeError, match="cannot resume from it"):
+        PartStore.open(folder, {"input": "a", "pooling": "cls"}, ".bin", resume=True)
+
+
+def test_a_damaged_part_is_logged_and_done_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "job"
+    store = PartStore.open(folder, {}, ".bin", resume=False)
+    for number in range(3):
+        store.add(number, 1, _bytes(bytes([number]) * 10))
+    store.part_path(1).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="bert_onnx.jobs"):
+        again = PartStore.open(folder, {}, ".bin", resume=True)
+    assert sorted(again.done) == [0, 2] and again.first_missing() == 1
+    assert "part-000001.bin is missing or damaged; embedding that part again" in caplog.text
+
+
+def test_an_empty_folder_is_used_and_temporaries_are_cleared(tmp_path: Path) -> None:
+    (tmp_path / "job").mkdir()
+    store = PartStore.open(tmp_path / "job", {}, ".bin", resume=False)
+    store.add(0, 1, _bytes(b"a"))
+    (tmp_path / "job" / ".part-000001.bin.123.tmp").write_bytes(b"half")
+    PartStore.open(tmp_path / "job", {}, ".bin", resume=True)
+    assert not list((tmp_path / "job").glob(".*.tmp"))
+
+
+@pytest.fixture()
+def lines(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"line {i} of the corpus, with a few words\n" for i in range(23)), encoding="utf-8")
+    return path
+
+
+def test_embed_file_from_python_matches_encoder_embed(
+    export_dir: Callable[[str], Path], encoder: Callable[[str], Any], lines: Path, tmp_path: Path
+) -> None:
+    recipe = EmbedRecipe(pooling="mean", normalize=True)
+    shape = embed_file(export_dir("tiny"), lines, tmp_path / "out.npy", recipe, chunk_size=5)
+    texts = lines.read_text(encoding="utf-8").splitlines()
+    assert shape == (23, 32)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out.npy"), encoder("tiny").embed_recipe(texts, recipe), rtol=0, atol=1e-6
+    )
+    assert not parts_dir(tmp_path / "out.npy").exists()
+
+
+def test_embed_file_interrupted_then_resumed_gives_identical_bytes(
+    export_dir: Callable[[str], Path], lines: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = tmp_path / "reference.npy"
+    embed_file(export_dir("tiny"), lines, reference, chunk_size=5)
+    out = tmp_path / "out.npy"
+    seen = 0
+
+    def interrupt_after_two_parts(count: int) -> None:
+        nonlocal seen
+        seen += count
+        if seen >= 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_file(export_dir("tiny"), lines, out, chunk_size=5, progress=interrupt_after_two_parts)
+    assert not out.exists()
+    index = json.loads((parts_dir(out) / "index.json").read_text())
+    assert sorted(index["parts"]) == ["0"], "the part being embedded when interrupted must not be recorded"
+    with pytest.raises(ResumeError, match="pass --resume"):
+        embed_file(export_dir("tiny"), lines, out, chunk_size=5)
+    assert embed_file(export_dir("tiny"), lines, out, chunk_size=5, resume=True) == (23, 32)
+    assert out.read_bytes() == reference.read_bytes()
+    assert capsys.readouterr() == ("", ""), "library code reports through logging, never print"
+
+
+def test_embed_file_names_the_line_that_is_too_long(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("short\n" * 7 + "word " * 40 + "\n", encoding="utf-8")
+    recipe = EmbedRecipe(max_length=16, truncation=False)
+    with pytest.raises(ValueError, match=r"in\.txt: line 8 is 42 tokens long, over max_length 16"):
+        embed_file(export_dir("tiny"), source, tmp_path / "out.npy", recipe, chunk_size=3)
+    assert PartStore.finished(parts_dir(tmp_path / "out.npy")) == 2, "the two finished parts are kept"
