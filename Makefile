@@ -1,4 +1,5 @@
 # make demo: venv + offline checkpoints + export + the tutorial's values.  make test: venv + checkpoints + suite.
+# make test-fast: lint and the fast tier only.
 PYTHON ?= python3
 VENV ?= .venv
 CACHE ?= .cache
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 CHECKPOINTS := $(CACHE)/checkpoints/.ready
 export BERT_ONNX_CACHE := $(abspath $(CACHE))
 
-.PHONY: venv checkpoints test lint demo clean
+.PHONY: venv checkpoints test test-fast lint demo clean
 
 venv: $(STAMP)
 
@@ -29,6 +30,10 @@ lint: $(STAMP)
 
 test: lint $(CHECKPOINTS)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: lint and the tests marked fast (tiny checkpoint, in process), under a minute. CI runs `make test`.
+test-fast: lint $(CHECKPOINTS)
+	$(PY) -m pytest -m fast -q $(PYTEST_ARGS)
 
 demo: $(CHECKPOINTS)
 	$(PY) scripts/demo.py --cache $(CACHE)

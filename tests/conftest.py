@@ -13,25 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-
-from bert_onnx import interface
-
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("BERT_ONNX_CACHE", ROOT / ".cache"))
-CHECKPOINT_NAMES = {
-    "tiny": "tiny-random-bert",
-    "minilm": "all-MiniLM-L6-v2",
-    "base": "bert-base-uncased-arch-random-weights",
-}
-
-
-def checkpoint_path(key: str) -> Path:
-    path = CACHE / "checkpoints" / CHECKPOINT_NAMES[key]
-    if not (path / "config.json").is_file():
-        raise RuntimeError(f"checkpoint {path} is missing: run `make checkpoints` (or `make test`) first")
-    return path
+from helpers import checkpoint_path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,13 +28,16 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+def export_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Callable[[str], Path]:
     """``export_dir(key)``: the checkpoint's model folder, exported once per test session."""
     from bert_onnx.export import export_model
 
     folders: dict[str, Path] = {}
+    fast_tier = request.config.getoption("markexpr") == "fast"
 
     def get(key: str) -> Path:
+        if fast_tier and key != "tiny":
+            raise RuntimeError(f"a test marked fast exports {key!r}: the fast tier uses only the tiny checkpoint")
         if key not in folders:
             target = tmp_path_factory.mktemp(f"export-{key}") / "model"
             export_model(str(checkpoint_path(key)), target, log=lambda message: None)
@@ -98,41 +84,3 @@ def encoder(export_dir: Callable[[str], Path]) -> Callable[[str], Any]:
         return encoders[key]
 
     return get
-
-
-def torch_reference(model: Any, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Any:
-    """PyTorch's ``BaseModelOutputWithPooling`` with all hidden states, computed now, in the test."""
-    import torch
-
-    def tensor(value: Any) -> Any:
-        return None if value is None else torch.as_tensor(np.asarray(value), dtype=torch.long)
-
-    with torch.no_grad():
-        return model(
-            input_ids=tensor(input_ids),
-            attention_mask=tensor(attention_mask),
-            token_type_ids=tensor(token_type_ids),
-            output_hidden_states=True,
-            return_dict=True,
-        )
-
-
-def max_diffs(reference: Any, output: Any, mask: np.ndarray) -> dict[str, float]:
-    """Max abs diff per output name over non-padded positions (padded positions are undefined in BERT)."""
-    keep = np.asarray(mask).astype(bool)
-    pairs = {
-        interface.LAST_HIDDEN_STATE: (reference.last_hidden_state, output.last_hidden_state),
-        interface.POOLER_OUTPUT: (reference.pooler_output, output.pooler_output),
-    }
-    assert output.hidden_states is not None
-    assert len(output.hidden_states) == len(reference.hidden_states)
-    for i, (ref, out) in enumerate(zip(reference.hidden_states, output.hidden_states, strict=True)):
-        pairs[interface.hidden_state_name(i)] = (ref, out)
-    diffs = {}
-    for name, (ref, out) in pairs.items():
-        ref = ref.numpy()
-        assert out.shape == ref.shape, f"{name}: {out.shape} != {ref.shape}"
-        assert out.dtype == np.float32, name
-        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-        diffs[name] = float((diff if name == interface.POOLER_OUTPUT else diff[keep]).max())
-    return diffs

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import checkpoint_path, torch_reference
+from helpers import checkpoint_path, torch_reference
 
 from bert_onnx import interface
 
@@ -113,19 +113,19 @@ def test_embed_reports_progress(encoder: Callable[[str], Any]) -> None:
     assert done == [3, 3, 2]
 
 
-class _RecordingSession:
-    """Wraps an InferenceSession and records which outputs each run asked for."""
+class _RecordingRunner:
+    """Wraps the encoder's runner and records which outputs each run asked for."""
 
-    def __init__(self, session: Any) -> None:
-        self._session = session
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
         self.requested: list[list[str]] = []
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
         self.requested.append(list(names))
-        return self._session.run(names, feeds)
+        return self._runner.run(names, feeds)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
+        return getattr(self._runner, name)
 
 
 @pytest.mark.parametrize(
@@ -142,8 +142,8 @@ def test_embed_fetches_only_needed_outputs(
     kwargs: dict[str, Any], fetched: list[str], encoder: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     enc = encoder("minilm")
-    recorder = _RecordingSession(enc._session)
-    monkeypatch.setattr(enc, "_session", recorder)
+    recorder = _RecordingRunner(enc.runner)
+    monkeypatch.setattr(enc, "runner", recorder)
     enc.embed(TEXTS[:4], batch_size=2, **kwargs)
     assert recorder.requested == [fetched, fetched]
 
@@ -167,14 +167,14 @@ def test_token_budget_bounds_each_batch(encoder: Callable[[str], Any], monkeypat
     """Long texts go in small batches, short ones in full batches: rows x longest <= max_tokens."""
     enc = encoder("minilm")
     shapes: list[tuple[int, int]] = []
-    session = enc._session
+    runner = enc.runner
 
     class Recorder:
         def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
             shapes.append(feeds["input_ids"].shape)
-            return session.run(names, feeds)
+            return runner.run(names, feeds)
 
-    monkeypatch.setattr(enc, "_session", Recorder())
+    monkeypatch.setattr(enc, "runner", Recorder())
     texts = ["word " * 600] * 5 + ["short text"] * 40
     vectors = enc.embed(texts, batch_size=32, max_tokens=1024)
     assert shapes == [(2, 512), (2, 512), (2, 512), (32, 4), (7, 4)]  # the 5th long text shares with a short one

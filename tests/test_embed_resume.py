@@ -11,16 +11,15 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from test_cli import assert_error, cli_env, embed_args, run_cli, write_lines
+from helpers import assert_error, cli_env, embed_args, run_cli, wait_for, write_lines
 
-from bert_onnx.embed_job import parts_dir
+from bert_onnx.jobs import parts_dir
 from bert_onnx.manifest import sha256_file
 
 LINES = 12_000
@@ -60,32 +59,33 @@ def _start(tiny_dir: Path, corpus: Path, out: Path, *extra: str) -> subprocess.P
     )
 
 
-def _wait_for_chunks(process: subprocess.Popen[bytes], out: Path, count: int, timeout: float = 120) -> int:
+def _wait_for_parts(process: subprocess.Popen[bytes], out: Path, count: int, timeout: float = 120) -> None:
     index = parts_dir(out) / "index.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished() -> bool:
         if process.poll() is not None:
             pytest.fail(f"the run ended (exit {process.returncode}) before it could be interrupted")
         try:
-            done = len(json.loads(index.read_text())["chunks"])
+            return len(json.loads(index.read_text())["parts"]) >= count
         except (OSError, ValueError):
-            done = 0
-        if done >= count:
-            return done
-        time.sleep(0.005)
-    process.kill()
-    pytest.fail(f"no {count} chunks within {timeout} s")
+            return False
+
+    try:
+        wait_for(finished, timeout, f"{count} finished parts")
+    except BaseException:
+        process.kill()
+        raise
 
 
 def _assert_only_complete_chunks(out: Path) -> int:
     """The index lists only chunks that are on disk, whole and unchanged; returns how many."""
     folder = parts_dir(out)
     body = json.loads((folder / "index.json").read_text())
-    for number, record in body["chunks"].items():
+    for number, record in body["parts"].items():
         path = folder / record["file"]
         assert sha256_file(path) == record["sha256"], f"chunk {number} differs from its index entry"
         assert np.load(path).shape == (record["rows"], 32)
-    return len(body["chunks"])
+    return len(body["parts"])
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
@@ -94,12 +94,12 @@ def test_interrupted_run_resumes_to_identical_bytes(
 ) -> None:
     out = tmp_path / "out.npy"
     process = _start(tiny_dir, corpus, out, "--chunk-size", CHUNK, "--quiet")
-    _wait_for_chunks(process, out, 3)
+    _wait_for_parts(process, out, 3)
     process.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     if how == "SIGINT":
         assert process.returncode == 130, stderr.decode()
-        assert b"finished chunk(s) are kept in" in stderr and b"--resume" in stderr, stderr.decode()
+        assert b"finished part(s) are kept in" in stderr and b"--resume" in stderr, stderr.decode()
         assert b"Traceback" not in stderr, stderr.decode()
     else:
         assert process.returncode == -signal.SIGKILL
@@ -127,14 +127,14 @@ def test_chunked_output_matches_the_library(tiny_dir: Path, corpus: Path, refere
 def test_a_damaged_chunk_is_embedded_again(tiny_dir: Path, corpus: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.npy"
     process = _start(tiny_dir, corpus, out, "--chunk-size", CHUNK, "--quiet")
-    _wait_for_chunks(process, out, 2)
+    _wait_for_parts(process, out, 2)
     process.kill()
     process.wait()
-    chunk = parts_dir(out) / "chunk-000001.npy"
-    chunk.write_bytes(chunk.read_bytes()[:100])
+    part = parts_dir(out) / "part-000001.npy"
+    part.write_bytes(part.read_bytes()[:100])
     run = run_cli(*embed_args(tiny_dir, corpus, out, "--chunk-size", CHUNK, "--resume", "--quiet"), timeout=600)
     assert run.returncode == 0, run.describe()
-    assert "chunk-000001.npy is missing or damaged; embedding that chunk again" in run.stderr
+    assert "part-000001.npy is missing or damaged; embedding that part again" in run.stderr
     assert out.read_bytes() == reference.read_bytes()
 
 
@@ -155,7 +155,7 @@ def test_unfinished_run_is_never_silently_overwritten_or_mixed(
 ) -> None:
     out = tmp_path / "out.npy"
     process = _start(tiny_dir, corpus, out, "--chunk-size", CHUNK, "--quiet")
-    _wait_for_chunks(process, out, 1)
+    _wait_for_parts(process, out, 1)
     process.kill()
     process.wait()
     before = {p.name: sha256_file(p) for p in parts_dir(out).iterdir() if not p.name.startswith(".")}
@@ -171,7 +171,7 @@ def test_changed_input_is_not_resumed(tiny_dir: Path, corpus: Path, tmp_path: Pa
     source.write_bytes(corpus.read_bytes())
     out = tmp_path / "out.npy"
     process = _start(tiny_dir, source, out, "--chunk-size", CHUNK, "--quiet")
-    _wait_for_chunks(process, out, 1)
+    _wait_for_parts(process, out, 1)
     process.kill()
     process.wait()
     with open(source, "ab") as handle:

@@ -16,6 +16,8 @@ from hypothesis.extra import numpy as hnp
 
 from bert_onnx.runtime import Encoder
 
+pytestmark = pytest.mark.fast  # the edit-loop tier: tiny checkpoint, in process
+
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Every code point Python allows in a str, lone surrogates included, and a bias to the awkward ones: control and

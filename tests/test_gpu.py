@@ -12,7 +12,7 @@ from typing import Any
 
 import onnxruntime as ort
 import pytest
-from conftest import max_diffs, torch_reference
+from helpers import max_diffs, torch_reference
 
 from bert_onnx import interface
 from bert_onnx.runtime import Encoder, ProviderError
@@ -36,7 +36,7 @@ def test_cuda_without_cuda_provider_is_refused(export_dir: Callable[[str], Path]
 @pytest.mark.parametrize("key", ["minilm", pytest.param("base", marks=pytest.mark.slow)])
 def test_cuda_matches_pytorch(key: str, export_dir: Callable[[str], Path], torch_model: Callable[[str], Any]) -> None:
     enc = Encoder(export_dir(key), device="cuda")
-    assert enc._session.get_providers()[0] == "CUDAExecutionProvider"
+    assert enc.runner.session.get_providers()[0] == "CUDAExecutionProvider"
     out = enc.encode(["I love Korea", "A longer sentence with padding in the batch, and then some more words."])
     reference = torch_reference(torch_model(key), out.input_ids, out.attention_mask, out.token_type_ids)
     diffs = max_diffs(reference, out, out.attention_mask)

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.fast  # the edit-loop tier: tiny checkpoint, in process
+
 LONG_TEXT = "word " * 600
 
 

@@ -8,12 +8,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import checkpoint_path
+from helpers import checkpoint_path
 from onnx import TensorProto, helper, numpy_helper
 
 from bert_onnx import interface
 from bert_onnx.export import export_model
 from bert_onnx.export.int8 import quantizable_matmuls, quantize_per_row, quantize_weight
+
+pytestmark = pytest.mark.fast  # the edit-loop tier: tiny checkpoint, in process
 
 
 def _two_matmuls(k: int = 48, n: int = 24, seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:

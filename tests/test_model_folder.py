@@ -20,10 +20,12 @@ def folder(export_dir: Callable[[str], Path], tmp_path: Path) -> Path:
     return Path(shutil.copytree(export_dir("tiny"), tmp_path / "model"))
 
 
+@pytest.mark.fast
 def test_intact_copy_loads(folder: Path) -> None:
     assert Encoder(folder).embed(["ok"]).shape == (1, 32)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", [interface.MODEL_FILE, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
 def test_missing_file_is_named(folder: Path, name: str) -> None:
     (folder / name).unlink()
@@ -31,6 +33,7 @@ def test_missing_file_is_named(folder: Path, name: str) -> None:
         Encoder(folder)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", [interface.MODEL_FILE, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
 @pytest.mark.parametrize("damage", ["truncate", "flip", "append"])
 def test_corrupt_file_is_named(folder: Path, name: str, damage: str) -> None:
@@ -47,6 +50,7 @@ def test_corrupt_file_is_named(folder: Path, name: str, damage: str) -> None:
         Encoder(folder)
 
 
+@pytest.mark.fast
 def test_truncated_model_without_verification_is_still_a_named_error(folder: Path) -> None:
     path = folder / interface.MODEL_FILE
     path.write_bytes(path.read_bytes()[:5000])
@@ -54,6 +58,7 @@ def test_truncated_model_without_verification_is_still_a_named_error(folder: Pat
         Encoder(folder, verify=False)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("data", [b"", b"\xff" * 64, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)) * 40])
 def test_garbage_model_without_verification_is_a_named_error(folder: Path, data: bytes) -> None:
     (folder / interface.MODEL_FILE).write_bytes(data)
@@ -61,18 +66,21 @@ def test_garbage_model_without_verification_is_a_named_error(folder: Path, data:
         Encoder(folder, verify=False)
 
 
+@pytest.mark.fast
 def test_garbage_tokenizer_without_verification_is_a_named_error(folder: Path) -> None:
     (folder / interface.TOKENIZER_FILE).write_text("{not json")
     with pytest.raises(ModelFolderError, match=rf"{interface.TOKENIZER_FILE}: not a readable tokenizers file"):
         Encoder(folder, verify=False)
 
 
+@pytest.mark.fast
 def test_missing_manifest(folder: Path) -> None:
     (folder / interface.MANIFEST_FILE).unlink()
     with pytest.raises(ModelFolderError, match=r"manifest.json: missing; is .* a folder written by"):
         Encoder(folder)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -104,6 +112,7 @@ def test_bad_manifest(folder: Path, edit: Callable[[dict], str], message: str) -
         Encoder(folder)
 
 
+@pytest.mark.fast
 def test_not_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelFolderError, match="not a folder"):
         Encoder(tmp_path / "nowhere")
@@ -138,6 +147,7 @@ def _resign(folder: Path, name: str) -> None:
     path.write_text(json.dumps(manifest))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("where", ["opset import", "node"])
 def test_custom_op_domain_is_refused_before_onnx_runtime_sees_it(folder: Path, where: str) -> None:
     import onnx

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import checkpoint_path, max_diffs, torch_reference
-from test_cli import assert_error, embed_args, run_cli, write_lines
+from helpers import assert_error, checkpoint_path, embed_args, max_diffs, run_cli, torch_reference, write_lines
 
 from bert_onnx import interface
 from bert_onnx.export import ExportError, export_model
@@ -64,7 +63,7 @@ def test_fp32_matches_pytorch_on_every_output(
 
 def test_gate_recorded_at_export_and_no_warning(validated_dir: Path) -> None:
     record = Manifest.read(validated_dir).variants["openvino-fp32"]
-    assert record.passed and record.file == interface.MODEL_FILE and record.gate.startswith("OpenVINO fp32")
+    assert record.file == interface.MODEL_FILE and record.gate.startswith("OpenVINO fp32")
     assert {c.name for c in record.checks} >= {f"{n} max abs diff" for n in Manifest.read(validated_dir).output_names}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -117,8 +116,8 @@ def test_bf16_gate_on_real_and_full_size_weights(tmp_path: Path) -> None:
     for key in ("minilm", "base"):
         target = tmp_path / key
         export_model(str(checkpoint_path(key)), target, variants=("fp32", "openvino-bf16"), log=lambda m: None)
-        record = Manifest.read(target).variants["openvino-bf16"]
-        assert record.passed, record.table()
+        # A failed gate raises in export_model, and Manifest.read refuses a failed variant: stored means passed.
+        assert "openvino-bf16" in Manifest.read(target).variants
         assert Encoder(target, backend="openvino").precision == "bf16"
 
 

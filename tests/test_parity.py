@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import checkpoint_path, max_diffs, torch_reference
+from helpers import checkpoint_path, max_diffs, torch_reference
 
 from bert_onnx import interface
 

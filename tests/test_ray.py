@@ -6,14 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from test_cli import PACKAGE_ROOT, assert_error, cli_env, run_cli
+from helpers import PACKAGE_ROOT, assert_error, cli_env, run_cli, wait_for
 
 ray = pytest.importorskip("ray", reason="Ray is the [ray] extra, which the test environment installs")
 
@@ -27,7 +26,9 @@ TESTS = Path(__file__).resolve().parent
 def cluster() -> Iterator[str]:
     """A local Ray cluster with 2 CPUs; workers import bert_onnx and the test helpers from this checkout."""
     path = f"{PACKAGE_ROOT}:{TESTS}"
+    # address="local": always a new cluster of our own, never one some other process left running.
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
@@ -166,11 +167,15 @@ def test_cli_resume_after_kill(
     out = tmp_path / "out"
     command = [sys.executable, "-m", "bert_onnx", *map(str, base), "--output", str(out), "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
+
+    def two_parts() -> bool:
         assert process.poll() is None, process.communicate()[1].decode()
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
+        return len(list(out.glob("part-*.parquet"))) >= 2
+
+    try:
+        wait_for(two_parts, 240, "2 finished Parquet parts")
+    finally:
+        process.send_signal(signal.SIGKILL)
     process.wait()
     finished = len(list(out.glob("part-*.parquet")))
     assert 2 <= finished < len(texts) // 20, f"{finished} parts: not interrupted mid-way"

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_cli import PACKAGE_ROOT
+from helpers import PACKAGE_ROOT
 
 ray = pytest.importorskip("ray", reason="Ray is the [ray] extra, which the test environment installs")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import max_diffs, torch_reference
+from helpers import max_diffs, torch_reference
 
 from bert_onnx import interface
 from bert_onnx.runtime import Encoder
@@ -21,7 +21,7 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _model_path(enc: Encoder) -> Path:
-    return Path(enc._session._model_path)
+    return Path(enc.runner.session._model_path)
 
 
 def _same_outputs(a: Encoder, b: Encoder) -> None:
@@ -32,6 +32,7 @@ def _same_outputs(a: Encoder, b: Encoder) -> None:
     np.testing.assert_allclose(out_a.pooler_output, out_b.pooler_output, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_second_load_starts_from_the_cached_graph(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
     folder = export_dir("tiny")
     first = Encoder(folder, variant="fp32", session_cache=tmp_path)
@@ -58,6 +59,7 @@ def test_cached_graph_keeps_parity_with_pytorch(
     assert worst <= interface.FP32_TOLERANCE
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("damage", ["truncate", "tamper", "drop-digest"])
 def test_damaged_cache_entry_is_rebuilt_not_used(
     export_dir: Callable[[str], Path], tmp_path: Path, damage: str
@@ -78,6 +80,7 @@ def test_damaged_cache_entry_is_rebuilt_not_used(
     _same_outputs(enc, Encoder(folder, variant="fp32", session_cache=False))
 
 
+@pytest.mark.fast
 def test_no_cache_without_verification_or_when_disabled(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
     folder = export_dir("tiny")
     Encoder(folder, variant="fp32", session_cache=tmp_path, verify=False)
@@ -85,6 +88,7 @@ def test_no_cache_without_verification_or_when_disabled(export_dir: Callable[[st
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fast
 def test_unwritable_cache_warns_and_still_loads(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -101,6 +105,7 @@ def test_cache_entries_are_per_variant(variants_dir: Path, tmp_path: Path) -> No
         assert _model_path(Encoder(variants_dir, variant=variant, session_cache=tmp_path)).parent == tmp_path
 
 
+@pytest.mark.fast
 def test_io_binding_gives_the_same_arrays(encoder: Callable[[str], Any], export_dir: Callable[[str], Path]) -> None:
     plain = encoder("tiny")
     bound = Encoder(export_dir("tiny"), variant="fp32", io_binding=True)
@@ -118,6 +123,7 @@ def test_io_binding_gives_the_same_arrays(encoder: Callable[[str], Any], export_
     np.testing.assert_array_equal(plain.embed(TEXTS, layers=[0, -1]), bound.embed(TEXTS, layers=[0, -1]))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("kwargs", [{"session_cache": 3}, {"io_binding": "yes"}])
 def test_bad_options_are_type_errors(export_dir: Callable[[str], Path], kwargs: dict[str, Any]) -> None:
     with pytest.raises(TypeError, match=next(iter(kwargs))):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import checkpoint_path
+from helpers import checkpoint_path
 
 from bert_onnx import interface
 

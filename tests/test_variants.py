@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import checkpoint_path, max_diffs, torch_reference
+from helpers import checkpoint_path, max_diffs, torch_reference
 
 from bert_onnx import interface, machine
 from bert_onnx.export import ExportError, export_model
@@ -29,7 +29,8 @@ def test_manifest_records_every_variant_and_its_gate(variants_dir: Path) -> None
     assert list(manifest.variants) == ["fp32", "opt", "int8"]
     for name, record in manifest.variants.items():
         assert record.file == interface.VARIANT_FILES[name]
-        assert record.passed and record.checks
+        # Where the gate ran is on record (int8 rounds differently per CPU); that it passed, Manifest.read checks.
+        assert record.checks and record.measured_on["cpu"]
         assert (variants_dir / record.file).is_file()
     manifest.verify_files(variants_dir)
     assert {c.name for c in manifest.variants["int8"].checks} == {
