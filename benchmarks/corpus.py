@@ -77,7 +77,7 @@ def _engines(model_dir: Path, checkpoint: Path, threads: int) -> dict[str, Calla
 
 def run(model_dir: Path, checkpoint: Path, count: int, repeats: int, threads: int) -> list[dict[str, Any]]:
     from bert_onnx.export.corpus import split
-    from bert_onnx.export.variants import embedding_quality
+    from bert_onnx.gates import embedding_quality
 
     texts, _ = split(count, seed=1)
     engines = _engines(model_dir, checkpoint, threads)

@@ -7,10 +7,12 @@ and exit status 1 (2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bert_onnx import __version__
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS
@@ -80,7 +82,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
         from bert_onnx.integrations.ray import embed_to_parquet
     except ImportError as exc:
         raise ValueError(f"--engine ray needs Ray Data: pip install 'bert-onnx[ray]' ({exc})") from exc
-    if args.backend != "onnxruntime" or args.device != "cpu":
+    if args.backend not in (None, "onnxruntime") or args.device != "cpu":
         raise ValueError("--engine ray runs the ONNX Runtime CPU backend; drop --backend/--device")
     output = Path(args.output)
     if output.exists() and not output.is_dir():
@@ -199,6 +201,7 @@ def format_info(model_dir: Path, verify: bool) -> str:
         ("inputs", ", ".join(f"{n} {_axes(a)}" for n, a in manifest.inputs.items())),
         ("outputs", f"{len(manifest.outputs)}: " + ", ".join(manifest.outputs)),
         ("variants", ", ".join(manifest.variants)),
+        ("runs here", _picked_here(manifest)),
         ("checksums", "verified" if verify else "not checked (--no-verify)"),
     ]
     rows += [(f"  {name}", f"sha256 {digest}") for name, digest in manifest.files.items()]
@@ -215,12 +218,123 @@ def format_info(model_dir: Path, verify: bool) -> str:
     return "\n".join(lines)
 
 
+def _picked_here(manifest: Any) -> str:
+    """What Encoder(DIR) runs on this machine's CPU and why (the tuned profile, or the default)."""
+    from bert_onnx.runtime import profile
+
+    pick = profile.lookup(manifest, "cpu", None)
+    return f"{pick.name or 'fp32'} on cpu: {pick.reason}"
+
+
 def _axes(axes: dict[int, str]) -> str:
     return "(" + ", ".join(axes.get(i, "?") for i in range(max(axes) + 1)) + ")"
 
 
 def _info(args: argparse.Namespace) -> int:
     print(format_info(Path(args.model_dir), verify=not args.no_verify))
+    return 0
+
+
+def _progress_bar(args: argparse.Namespace, total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, file=sys.stderr, disable=args.quiet or args.json, desc=desc, unit="step")
+
+
+def _step(bar: Any) -> Any:
+    first = [True]
+
+    def step(message: str) -> None:
+        if not first[0]:
+            bar.update(1)
+        first[0] = False
+        bar.set_postfix_str(message)
+
+    return step
+
+
+def _outcomes_json(args: argparse.Namespace, outcomes: Sequence[Any], **extra: Any) -> str:
+    from bert_onnx import machine
+    from bert_onnx.runtime import profile
+
+    return json.dumps(
+        {
+            "model_dir": str(args.model_dir),
+            "device": args.device,
+            "threads": args.threads,
+            "machine": machine.describe(),
+            "versions": profile.library_versions(),
+            "choices": [o.to_dict() for o in outcomes],
+            "passed": all(o.passed for o in outcomes if o.skipped is None),
+            **extra,
+        },
+        indent=2,
+    )
+
+
+def _failures(outcomes: Sequence[Any]) -> str:
+    failed = [o for o in outcomes if o.skipped is None and not o.passed]
+    return "; ".join(f"{o.name} ({', '.join(f'{c.name} {c.value:.4g}' for c in o.record.failures)})" for o in failed)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from bert_onnx import machine, tuning
+
+    gated, _ = tuning.steps(args.model_dir, args.device)
+    with _progress_bar(args, gated, "verifying") as bar:
+        outcomes = tuning.verify(args.model_dir, args.device, args.threads, progress=_step(bar))
+        bar.update(1)
+    if args.json:
+        print(_outcomes_json(args, outcomes))
+    else:
+        isa = ", ".join(machine.instruction_sets()) or "none of note"
+        print(f"{args.model_dir} on {machine.describe()['cpu']} (instruction sets: {isa}), device {args.device}")
+        for outcome in outcomes:
+            if outcome.skipped is not None:
+                print(f"\n{outcome.name}: skipped: {outcome.skipped}")
+            else:
+                assert outcome.record is not None
+                print(f"\n{outcome.name}: {outcome.status}; gate: {outcome.record.gate}\n{outcome.record.table()}")
+    failed = _failures(outcomes)
+    if failed:
+        print(f"bert-onnx: error: failed its gate here: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from bert_onnx import tuning
+
+    if args.rounds < 1 or args.texts < 1:
+        raise ValueError(f"--rounds {args.rounds} and --texts {args.texts} must be positive")
+    _, total = tuning.steps(args.model_dir, args.device, args.rounds)
+    with _progress_bar(args, total, "tuning") as bar:
+        outcomes, path, pick = tuning.tune(
+            args.model_dir, args.device, args.threads, args.rounds, args.texts, progress=_step(bar)
+        )
+        bar.update(1)
+    if args.json:
+        print(_outcomes_json(args, outcomes, profile=str(path), picked=pick.name, picked_by=pick.reason))
+    else:
+        rows = [("choice", "gate", "texts/s", "1 text, ms", "")]
+        for o in sorted(outcomes, key=lambda o: -(o.texts_per_second or -1)):
+            if o.skipped is not None:
+                rows.append((o.name, "skipped", "-", "-", o.skipped))
+                continue
+            speed = "-" if o.texts_per_second is None else f"{o.texts_per_second:.1f}"
+            latency = "-" if o.one_text_ms is None else f"{o.one_text_ms:.2f}"
+            rows.append((o.name, o.status, speed, latency, "<- picked" if o.name == pick.name else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            name, gate, speed, latency, note = r
+            line = f"{name:<{widths[0]}}  {gate:<{widths[1]}}  {speed:>{widths[2]}}  {latency:>{widths[3]}}  {note}"
+            print(line.rstrip())
+        print(f"\nprofile saved to {path}")
+        print(f"Encoder({args.model_dir!r}) now runs {pick.name or 'fp32'} on this machine: {pick.reason}")
+    failed = _failures(outcomes)
+    if failed:
+        print(f"bert-onnx: error: failed its gate here (not picked): {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -287,18 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--variant",
         choices=("fp32", "opt", "int8", "fp16"),
-        help="which stored graph to run (default: the fastest the folder has for --device; see bert-onnx info)",
+        help="which stored graph to run (default: what `bert-onnx tune` measured fastest here, else fp32; "
+        "see bert-onnx info)",
     )
     embed.add_argument(
         "--backend",
         choices=("onnxruntime", "openvino"),
-        default="onnxruntime",
-        help="openvino compiles model.onnx with OpenVINO on the CPU (needs bert-onnx[openvino]; default: onnxruntime)",
+        help="openvino compiles model.onnx with OpenVINO on the CPU (needs bert-onnx[openvino]; default: the tuned "
+        "choice's, else onnxruntime)",
     )
     embed.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
-        help="with --backend openvino (default: bf16 where the CPU has bf16 units, else fp32)",
+        help="with --backend openvino (default: the faster one `bert-onnx tune` measured here, else fp32)",
     )
     embed.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
     embed.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
@@ -329,6 +444,37 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
     info.add_argument("--no-verify", action="store_true", help="skip checking the files' SHA-256")
     info.set_defaults(func=_info)
+
+    def add_machine_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
+        command.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+        command.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+        command.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+        command.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    verify = commands.add_parser(
+        "verify",
+        help="check every way of running DIR here against PyTorch's stored references",
+        description="Measure the export gate of every choice that runs here (the stored graphs under ONNX Runtime, "
+        "model.onnx under OpenVINO fp32/bf16) against the PyTorch references stored in DIR at export, without "
+        "PyTorch. Prints each gate's table and the instruction sets it ran on; exits 1 naming any choice that fails. "
+        "Choices that cannot run here are listed with the reason.",
+    )
+    add_machine_options(verify)
+    verify.set_defaults(func=_verify)
+
+    tune = commands.add_parser(
+        "tune",
+        help="measure which way of running DIR is fastest here, and make it Encoder's default on this machine",
+        description="Check each choice's gate here as verify does, time those that pass on real text (length-sorted "
+        "batches of the stored paragraphs) and on one short text, interleaved, and save the result as this "
+        "machine's profile in the user cache ($BERT_ONNX_PROFILE_DIR, else ~/.cache/bert-onnx/profiles). "
+        "Encoder(DIR) and bert-onnx embed then run the fastest passing choice here.",
+    )
+    add_machine_options(tune)
+    tune.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default: 3)")
+    tune.add_argument("--texts", type=int, default=64, help="real paragraphs per timing (default: 64)")
+    tune.set_defaults(func=_tune)
     return parser
 
 

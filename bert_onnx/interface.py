@@ -23,6 +23,9 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 # Files whose SHA-256 the manifest records and the runtime verifies (the manifest cannot hash itself).
 CHECKSUMMED_FILES: tuple[str, ...] = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE)
+# PyTorch's reference outputs for the accuracy gates (bert_onnx.gates), for `bert-onnx verify` and `tune`; also
+# checksummed. Folders from before it existed load and run, but cannot be verified or tuned.
+GATES_FILE = "gates.npz"
 
 # The gate export validation applies to every fp32 output (max abs diff to PyTorch, non-padded positions).
 FP32_TOLERANCE = 1e-4
@@ -50,13 +53,6 @@ VARIANT_DEVICES: Mapping[str, tuple[str, ...]] = {
     "fp16": ("cuda",),
     "openvino-fp32": ("cpu",),
     "openvino-bf16": ("cpu",),
-}
-# What Encoder picks by default on each device: the first of these the folder has (all stored variants passed
-# their gates at export). Ordered by measured speed; on CPU opt measured no faster than fp32 (README "Variants"),
-# so fp32, the exact one, comes first.
-VARIANT_PREFERENCE: Mapping[str, tuple[str, ...]] = {
-    "cpu": ("int8", "fp32", "opt"),
-    "cuda": ("fp16", "opt", "fp32"),
 }
 
 

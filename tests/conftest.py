@@ -19,11 +19,14 @@ from helpers import checkpoint_path
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Keep ONNX Runtime's optimized-graph cache of this test session out of the user's ~/.cache."""
+    """Keep ONNX Runtime's optimized-graph cache and tuned profiles of this test session out of the user's
+    ~/.cache (CLI subprocesses inherit the variables)."""
+    from bert_onnx.runtime.profile import PROFILE_ENV
     from bert_onnx.runtime.session import CACHE_ENV
 
     folder = tmp_path_factory.mktemp("session-cache")
     os.environ[CACHE_ENV] = str(folder)
+    os.environ[PROFILE_ENV] = str(tmp_path_factory.mktemp("profiles"))
     return folder
 
 

@@ -348,7 +348,11 @@ def test_export_force_replaces_earlier_export(
     assert "Traceback" not in outcome.run.stderr
     folder = outcome.out
     # Exactly the export's files: the earlier folder's stale.txt is gone, so it was swapped out, not written into.
-    assert {p.name for p in folder.iterdir()} == {*interface.CHECKSUMMED_FILES, interface.MANIFEST_FILE}
+    assert {p.name for p in folder.iterdir()} == {
+        *interface.CHECKSUMMED_FILES,
+        interface.GATES_FILE,
+        interface.MANIFEST_FILE,
+    }
     assert leftovers(folder) == [], "temporary folders left beside DIR"
     manifest = Manifest.read(folder)
     manifest.verify_files(folder)

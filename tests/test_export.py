@@ -55,8 +55,9 @@ def test_manifest_describes_the_folder(export_dir: Callable[[str], Path]) -> Non
     assert manifest.outputs["hidden_states.2"] == {0: "batch", 1: "sequence"}
     assert list(manifest.inputs) == list(interface.INPUT_NAMES)
     assert {"torch", "transformers", "onnx", "onnxruntime", "tokenizers", "bert-onnx"} <= set(manifest.versions)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*interface.CHECKSUMMED_FILES, interface.MANIFEST_FILE])
-    assert manifest.files == {name: sha256_file(folder / name) for name in interface.CHECKSUMMED_FILES}
+    written = [*interface.CHECKSUMMED_FILES, interface.GATES_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*written, interface.MANIFEST_FILE])
+    assert manifest.files == {name: sha256_file(folder / name) for name in written}
     assert [o.name for o in manifest.parity.outputs] == list(interface.output_names(2))
     assert manifest.parity.sequence_length == 512
     config = json.loads((folder / interface.CONFIG_FILE).read_text())

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +60,16 @@ def test_int8_gate_reproduces_through_the_runtime(variants_dir: Path, torch_mode
     import torch
 
     from bert_onnx.export.corpus import split
-    from bert_onnx.export.variants import GATE_TEXTS, INT8_GATE, embedding_quality, sentence_embeddings
+    from bert_onnx.export.variants import GATE_TEXTS
+    from bert_onnx.gates import INT8_GATE, embedding_quality, sentence_embeddings
 
     texts, _ = split(GATE_TEXTS)
     encoder = Encoder(variants_dir, variant="int8")
     model = torch_model("minilm")
 
-    def torch_run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def torch_run(names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
-            return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+            return [model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()]
 
     reference = sentence_embeddings(texts, encoder.tokenizer, torch_run, encoder.max_length)
     quality = embedding_quality(reference, encoder.embed(texts, pooling="mean", normalize=True))
@@ -87,30 +88,36 @@ def test_int8_is_batch_invariant_at_export(variants_dir: Path) -> None:
     assert Manifest.read(variants_dir).extra["int8_weights"] == ("s8" if machine.has_vnni() else "u8")
 
 
-def test_signed_int8_weights_are_not_picked_on_a_cpu_without_vnni(
+def test_signed_int8_weights_on_a_cpu_without_vnni(
     variants_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Asked for, it runs with a warning; tune lists it as a choice that cannot run here, with the reason."""
+    from bert_onnx import tuning
+
     folder = Path(shutil.copytree(variants_dir, tmp_path / "model"))
     manifest = Manifest.read(folder)
     manifest.extra["int8_weights"] = "s8"
     manifest.write(folder)
     monkeypatch.setattr(machine, "has_vnni", lambda: False)
-    with pytest.warns(UserWarning, match=r"using fp32, not int8: its weights are signed .* no VNNI"):
-        assert Encoder(folder).variant == "fp32"
-    with pytest.warns(UserWarning, match="int8's export gate does not hold here"):
+    with pytest.warns(UserWarning, match="int8's export gate does not hold here: its weights are signed .* no VNNI"):
         assert Encoder(folder, variant="int8").variant == "int8"
+    reasons = dict(tuning.candidates(Manifest.read(folder), "cpu"))
+    assert "its weights are signed" in str(reasons["int8"]) and reasons["fp32"] is None
     manifest.extra["int8_weights"] = "u8"
     manifest.write(folder)
+    assert dict(tuning.candidates(Manifest.read(folder), "cpu"))["int8"] is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert Encoder(folder).variant == "int8"
+        assert Encoder(folder, variant="int8").variant == "int8"
 
 
-def test_default_variant_is_the_fastest_stored_for_the_device(
-    variants_dir: Path, export_dir: Callable[[str], Path]
-) -> None:
-    assert Encoder(variants_dir).variant == "int8"
+def test_without_a_tuned_profile_the_default_is_fp32(variants_dir: Path, export_dir: Callable[[str], Path]) -> None:
+    """int8 is stored and passed its gate at export, but nothing measured it faster here: fp32 runs."""
+    encoder = Encoder(variants_dir)
+    assert (encoder.variant, encoder.choice) == ("fp32", "fp32")
+    assert encoder.describe()["picked_by"].startswith("default (no tuned profile for this machine")
     assert Encoder(export_dir("tiny")).variant == "fp32"  # a folder exported without variants
+    assert Encoder(variants_dir, variant="int8").describe()["picked_by"] == "asked for"
 
 
 @pytest.mark.parametrize(
@@ -132,7 +139,7 @@ def test_only_the_files_in_use_are_needed_intact(variants_dir: Path, tmp_path: P
         handle.write(b"\x00")
     assert Encoder(folder, variant="fp32").embed(["ok"]).shape == (1, 384)
     with pytest.raises(ModelFolderError, match=r"model\.int8\.onnx: SHA-256 .* does not match"):
-        Encoder(folder)
+        Encoder(folder, variant="int8")
 
 
 def test_unknown_variant_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -149,10 +156,10 @@ def test_fp16_without_cuda_is_refused_before_any_work(tmp_path: Path) -> None:
 def test_a_variant_that_misses_its_gate_fails_the_export_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bert_onnx.export import variants
+    from bert_onnx import gates
 
     # A gate no quantized model can meet, standing in for a checkpoint that int8 damages.
-    monkeypatch.setattr(variants, "INT8_GATE", {**variants.INT8_GATE, "min cosine": 1.5})
+    monkeypatch.setattr(gates, "INT8_GATE", {**gates.INT8_GATE, "min cosine": 1.5})
     with pytest.raises(VariantGateError, match=r"variant 'int8' failed its gate: min cosine") as caught:
         export_model(str(checkpoint_path("tiny")), tmp_path / "out", variants="int8", log=lambda m: None)
     assert [c.name for c in caught.value.record.failures] == ["min cosine"]

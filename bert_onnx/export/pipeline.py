@@ -10,15 +10,18 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from bert_onnx import __version__, interface, machine
 from bert_onnx._files import atomic_write_text, install_dir, staging_dir
 from bert_onnx.export import variants as builders
 from bert_onnx.export.checkpoint import resolve_checkpoint
+from bert_onnx.export.corpus import split
 from bert_onnx.export.errors import ExportError, ParityError, VariantGateError
 from bert_onnx.export.graph import DEFAULT_OPSET, SUPPORTED_OPSETS, export_graph, load_model
 from bert_onnx.export.tokenizer import convert_tokenizer
-from bert_onnx.export.validate import validate_graph
+from bert_onnx.export.validate import SHORT_ROWS, parity
+from bert_onnx.gates import References
 from bert_onnx.manifest import Manifest, VariantRecord, sha256_file
 from bert_onnx.runtime.tokenizer import Tokenizer
 
@@ -135,7 +138,7 @@ def export_model(
         step(f"exporting {num_layers} layers, hidden size {config.hidden_size}, opset {opset}")
         export_graph(bert, staged / interface.MODEL_FILE, opset=opset)
         step("validating every output against PyTorch")
-        report = validate_graph(bert, staged / interface.MODEL_FILE, converted.reference, max_length)
+        report, parity_batch, expected = parity(bert, staged / interface.MODEL_FILE, converted.reference, max_length)
         log(report.description)
         log(report.table())
         if not report.passed:
@@ -148,11 +151,19 @@ def export_model(
         records = {"fp32": dataclasses.replace(fp32, measured_on=measured_on)}
         runtime_tokenizer = Tokenizer.from_file(staged / interface.TOKENIZER_FILE, converted.pad_token_id)
         extra: dict[str, object] = {}
+        gate_store: dict[str, Any] = {}  # what variants add to gates.npz (int8: PyTorch's sentence embeddings)
         for name in chosen[1:]:
             step(f"building the {name} variant and checking its gate")
             target = staged / interface.VARIANT_FILES[name]
             build = builders.Build(
-                bert, staged / interface.MODEL_FILE, target, converted.reference, max_length, log, runtime_tokenizer
+                bert,
+                staged / interface.MODEL_FILE,
+                target,
+                converted.reference,
+                max_length,
+                log,
+                runtime_tokenizer,
+                references=gate_store,
             )
             record, details = builders.MAKERS[name](build)
             record = dataclasses.replace(record, measured_on=measured_on)
@@ -161,6 +172,11 @@ def export_model(
                 raise VariantGateError(name, record)
             records[name] = record
             extra.update(details)
+        step("storing the gates' PyTorch references for `bert-onnx verify` and `tune`")
+        texts, _ = split(builders.GATE_TEXTS)
+        References.from_outputs(parity_batch, expected, SHORT_ROWS, texts, gate_store.get("embeddings")).save(
+            staged / interface.GATES_FILE
+        )
         manifest = Manifest(
             source=checkpoint.source,
             revision=checkpoint.revision,
@@ -176,7 +192,7 @@ def export_model(
             outputs=interface.output_axes(num_layers),
             files={
                 name: sha256_file(staged / name)
-                for name in (*interface.CHECKSUMMED_FILES, *(r.file for r in records.values()))
+                for name in (*interface.CHECKSUMMED_FILES, interface.GATES_FILE, *(r.file for r in records.values()))
             },
             parity=report,
             notes=tuple(notes),

@@ -18,6 +18,7 @@ _SENTENCES = (
     "The quick brown fox jumps over the lazy dog near the riverbank on a sunny afternoon.",
 )
 _PAIR = ("How old are you?", "I am six years old and I live in Seoul.")
+SHORT_ROWS = len(_SENTENCES) + 1  # the rows of validation_batch before the max_length row
 _LONG = "Extracting embeddings from every encoder layer of BERT gives features for many tasks. "
 
 
@@ -92,12 +93,21 @@ def run_both(
     return batch, description, expected, actual
 
 
-def validate_graph(model: Any, onnx_path: Path, tokenizer: Any, max_length: int) -> ParityReport:
-    """Run PyTorch and ONNX Runtime (CPU) on :func:`validation_batch` and compare every output."""
+def parity(
+    model: Any, onnx_path: Path, tokenizer: Any, max_length: int
+) -> tuple[ParityReport, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Run PyTorch and ONNX Runtime (CPU) on :func:`validation_batch` and compare every output: the report, the
+    batch, and PyTorch's outputs on it (kept as the gates' references)."""
     batch, description, expected, actual = run_both(model, onnx_path, tokenizer, max_length)
-    return ParityReport(
+    report = ParityReport(
         batch_size=int(batch["input_ids"].shape[0]),
         sequence_length=int(batch["input_ids"].shape[1]),
         description=description,
         outputs=compare(expected, actual, batch["attention_mask"]),
     )
+    return report, batch, expected
+
+
+def validate_graph(model: Any, onnx_path: Path, tokenizer: Any, max_length: int) -> ParityReport:
+    """:func:`parity`'s report only."""
+    return parity(model, onnx_path, tokenizer, max_length)[0]

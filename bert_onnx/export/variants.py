@@ -29,21 +29,21 @@ import torch
 from bert_onnx import interface, machine
 from bert_onnx.export.errors import ExportError
 from bert_onnx.export.validate import compare, run_both, torch_outputs, validate_graph, validation_batch
-from bert_onnx.manifest import Check, ParityReport, VariantRecord
-from bert_onnx.runtime.batching import tokenized_batches
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.gates import (
+    FP16_MIN_TOKEN_COSINE,
+    INVARIANCE_TEXTS,
+    OPENVINO_BF16_MIN_TOKEN_COSINE,
+    cosine_checks,
+    int8_checks,
+    selection,
+    sentence_embeddings,
+)
+from bert_onnx.manifest import ParityReport, VariantRecord
 from bert_onnx.runtime.session import create_session
 from bert_onnx.runtime.tokenizer import Tokenizer
 
-INT8_GATE = {"mean cosine": 0.997, "min cosine": 0.985, "top-10 agreement": 0.95}
-BATCH_INVARIANCE_CHECK = "batch invariance max abs diff"
-INT8_BATCH_TOLERANCE = 1e-4  # normalized embedding alone vs in company; per-token int8 gives 0 here
-INVARIANCE_TEXTS = 32
-FP16_MIN_TOKEN_COSINE = 0.999
-OPENVINO_BF16_MIN_TOKEN_COSINE = 0.9999
-GATE_TEXTS = 1000  # real paragraphs for the int8 gate
+GATE_TEXTS = 1000  # real paragraphs for the int8 gate (stored in gates.npz for verify and tune)
 INT8_RUNGS = 3  # int8 recipes tried before giving up: none, then 1..3 FFN down-projections in float
-_LONG_TEXT = "Embeddings of one text must not depend on the other texts in its batch. "
 
 
 def _fusion_options() -> Any:
@@ -125,40 +125,6 @@ def int8_ladder(fp32_path: Path, rungs: int = INT8_RUNGS) -> list[list[str]]:
     return [down[:count] for count in range(min(rungs, len(down)) + 1)]
 
 
-_MEAN_NORMALIZED = EmbedRecipe(pooling="mean", normalize=True).pooling_for(num_layers=1)  # the gate's embedding
-
-
-def sentence_embeddings(
-    texts: Sequence[str], tokenizer: Tokenizer, run: Callable[[dict[str, np.ndarray]], np.ndarray], max_length: int
-) -> np.ndarray:
-    """Mean-pooled, normalized float32 embeddings of ``texts`` in input order, batched exactly as
-    ``Encoder.embed`` batches them (:func:`bert_onnx.runtime.batching.tokenized_batches`, default budgets).
-    ``run(feeds)`` returns ``last_hidden_state``."""
-    result: np.ndarray | None = None
-    for rows, batch in tokenized_batches(tokenizer, texts, max_length):
-        pooled = _MEAN_NORMALIZED({interface.LAST_HIDDEN_STATE: run(batch.feeds())}, batch.attention_mask)
-        if result is None:
-            result = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
-        result[rows] = pooled
-    assert result is not None, "no texts"
-    return result
-
-
-def batch_invariance(
-    texts: Sequence[str], tokenizer: Tokenizer, run: Callable[[dict[str, np.ndarray]], np.ndarray], max_length: int
-) -> float:
-    """Largest abs difference between a text's normalized embedding computed alone and computed in company: in
-    its length-sorted batches, and in one batch beside a ``max_length``-token text."""
-    long_text = _LONG_TEXT * (max_length // 4)
-    alone = np.concatenate([sentence_embeddings([text], tokenizer, run, max_length) for text in texts])
-    batched = sentence_embeddings(texts, tokenizer, run, max_length)
-    batch = tokenizer([*texts, long_text], max_length=max_length)  # one batch, every row padded to max_length
-    beside_long = _MEAN_NORMALIZED({interface.LAST_HIDDEN_STATE: run(batch.feeds())}, batch.attention_mask)[
-        : len(texts)
-    ]
-    return float(max(np.abs(alone - batched).max(), np.abs(alone - beside_long).max()))
-
-
 def build_int8_gated(build: Build) -> VariantRecord:
     """Climb :func:`int8_ladder` until a quantized graph passes the gate; the last failure if none does."""
     from bert_onnx.export.corpus import split
@@ -166,12 +132,13 @@ def build_int8_gated(build: Build) -> VariantRecord:
     texts, _ = split(GATE_TEXTS)
     model, max_length = build.model, build.max_length
 
-    def torch_run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def torch_run(names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
             out = model(**{name: torch.from_numpy(feeds[name]) for name in interface.INPUT_NAMES})
-        return np.asarray(out.last_hidden_state.numpy())
+        return [np.asarray(out.last_hidden_state.numpy())]
 
     reference = sentence_embeddings(texts, build.runtime_tokenizer, torch_run, max_length)
+    build.references["embeddings"] = reference  # stored in gates.npz: verify and tune check int8 again
     unsigned = not machine.has_vnni()
     weights = "u8 weights (this CPU has no VNNI)" if unsigned else "s8 weights (VNNI)"
     record: VariantRecord | None = None
@@ -179,13 +146,7 @@ def build_int8_gated(build: Build) -> VariantRecord:
         build_int8(build.fp32_path, build.target, float_nodes, unsigned)
         _check_outputs(build.target, int(model.config.num_hidden_layers))
         session = create_session(build.target, device="cpu")
-
-        def int8_run(feeds: dict[str, np.ndarray], session: Any = session) -> np.ndarray:
-            return np.asarray(session.run([interface.LAST_HIDDEN_STATE], feeds)[0])
-
-        candidate = sentence_embeddings(texts, build.runtime_tokenizer, int8_run, max_length)
-        quality = embedding_quality(reference, candidate)
-        invariance = batch_invariance(texts[:INVARIANCE_TEXTS], build.runtime_tokenizer, int8_run, max_length)
+        checks = int8_checks(texts, reference, build.runtime_tokenizer, session.run, max_length)
         kept = f"{len(float_nodes)} FFN down-projection(s) kept in float: {', '.join(float_nodes) or 'none'}"
         record = VariantRecord(
             file=build.target.name,
@@ -196,10 +157,7 @@ def build_int8_gated(build: Build) -> VariantRecord:
                 f"invariance: {INVARIANCE_TEXTS} of them alone vs batched and beside a {max_length}-token text; "
                 f"per-token int8, {weights}, {kept}"
             ),
-            checks=(
-                *(Check(name, quality[name], limit, at_least=True) for name, limit in INT8_GATE.items()),
-                Check(BATCH_INVARIANCE_CHECK, invariance, INT8_BATCH_TOLERANCE),
-            ),
+            checks=checks,
         )
         build.log(
             f"int8 with {len(float_nodes)} float down-projection(s): "
@@ -209,26 +167,6 @@ def build_int8_gated(build: Build) -> VariantRecord:
             break
     assert record is not None
     return record
-
-
-def embedding_quality(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[str, float]:
-    """Cosine of each candidate embedding to its reference, and how many of each text's k nearest neighbours
-    (by cosine, excluding itself) the candidate keeps. Both are normalized; compared in float64."""
-    reference, candidate = reference.astype(np.float64), candidate.astype(np.float64)
-    cosines = np.sum(reference * candidate, axis=1)
-
-    def neighbours(vectors: np.ndarray) -> np.ndarray:
-        similarity = vectors @ vectors.T
-        np.fill_diagonal(similarity, -np.inf)
-        return np.argsort(-similarity, axis=1)[:, :k]
-
-    ref_nn, cand_nn = neighbours(reference), neighbours(candidate)
-    agreement = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref_nn, cand_nn, strict=True)])
-    return {
-        "mean cosine": float(cosines.mean()),
-        "min cosine": float(cosines.min()),
-        "top-10 agreement": float(agreement),
-    }
 
 
 # -- fp16 --------------------------------------------------------------------------------------------------------
@@ -267,19 +205,9 @@ def _drop_duplicate_nodes(model: Any) -> None:
         model.graph.node.extend(kept)
 
 
-def _cosine_checks(
-    expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], mask: np.ndarray, limit: float
-) -> tuple[Check, ...]:
-    """Per-token cosine of every output to PyTorch's, over non-padded positions (pooler_output: per row)."""
-    keep = mask.astype(bool)
-    checks = []
-    for name in expected:
-        ref, out = expected[name].astype(np.float64), actual[name].astype(np.float64)
-        if name != interface.POOLER_OUTPUT:
-            ref, out = ref[keep], out[keep]  # (tokens, H)
-        cosine = np.sum(ref * out, axis=-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(out, axis=-1) + 1e-12)
-        checks.append(Check(f"{name} min cosine", float(cosine.min()), limit, at_least=True))
-    return tuple(checks)
+def _all_tokens(outputs: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Every real token of every output (pooler_output: every row), as the export gates compare them."""
+    return {name: selection(name, value, mask, short_rows=mask.shape[0]) for name, value in outputs.items()}
 
 
 def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> VariantRecord:
@@ -288,7 +216,11 @@ def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> Vari
         file=target.name,
         devices=interface.VARIANT_DEVICES["fp16"],
         gate=f"per-token cosine to PyTorch fp32 on CUDA, non-padded positions ({description})",
-        checks=_cosine_checks(expected, actual, batch["attention_mask"], FP16_MIN_TOKEN_COSINE),
+        checks=cosine_checks(
+            _all_tokens(expected, batch["attention_mask"]),
+            _all_tokens(actual, batch["attention_mask"]),
+            FP16_MIN_TOKEN_COSINE,
+        ),
     )
 
 
@@ -316,7 +248,11 @@ def gate_openvino(model: Any, fp32_path: Path, tokenizer: Any, max_length: int, 
         file=fp32_path.name,
         devices=interface.VARIANT_DEVICES[name],
         gate=f"OpenVINO bf16: per-token cosine to PyTorch fp32, non-padded positions ({description})",
-        checks=_cosine_checks(expected, actual, batch["attention_mask"], OPENVINO_BF16_MIN_TOKEN_COSINE),
+        checks=cosine_checks(
+            _all_tokens(expected, batch["attention_mask"]),
+            _all_tokens(actual, batch["attention_mask"]),
+            OPENVINO_BF16_MIN_TOKEN_COSINE,
+        ),
     )
 
 
@@ -334,6 +270,7 @@ class Build:
     max_length: int
     log: Callable[[str], None]
     runtime_tokenizer: Tokenizer  # the folder's own tokenizer, for gates measured as Encoder.embed runs
+    references: dict[str, Any] = dataclasses.field(default_factory=dict)  # what gates.npz must add (int8)
 
 
 def make_opt(build: Build) -> tuple[VariantRecord, dict[str, object]]:

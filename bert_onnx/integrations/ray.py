@@ -86,7 +86,8 @@ class RayEmbedder:
         if recipe is not None and fields:
             raise TypeError(f"pass recipe= or its fields ({', '.join(fields)}), not both")
         self.recipe = EmbedRecipe(**fields) if recipe is None else recipe
-        self.encoder = Encoder(model_dir, threads=threads or _actor_cpus(), variant=variant)
+        # fp32 unless told: actors on different machines must not each follow their own tuned profile.
+        self.encoder = Encoder(model_dir, threads=threads or _actor_cpus(), variant=variant or "fp32")
         self.text_column, self.output_column = text_column, output_column
         self.recipe.pooling_for(self.encoder.num_layers)  # checks the layers once, up front
         self.dim = self.recipe.dim(self.encoder.hidden_size)

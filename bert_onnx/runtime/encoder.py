@@ -12,12 +12,14 @@ import numpy as np
 
 from bert_onnx import interface, machine
 from bert_onnx.manifest import Manifest, ModelFolderError
+from bert_onnx.runtime import profile
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
+from bert_onnx.runtime.profile import choice_options
 from bert_onnx.runtime.recipe import EmbedRecipe
-from bert_onnx.runtime.runners import OnnxRuntimeRunner, Runner, check_options
-from bert_onnx.runtime.session import default_cache_dir
+from bert_onnx.runtime.runners import BACKENDS, OnnxRuntimeRunner, Runner, check_options
+from bert_onnx.runtime.session import DEVICES, default_cache_dir
 from bert_onnx.runtime.tokenizer import Padding, TokenizedBatch, Tokenizer
 
 EMBED_WINDOW = 8192  # texts tokenized and length-sorted together by ``embed``
@@ -40,6 +42,19 @@ class EncoderOutput:
     hidden_states: tuple[np.ndarray, ...] | None
 
 
+def int8_clips_here(manifest: Manifest) -> str | None:
+    """Why a folder's int8 graph computes differently on this CPU than where its gate was measured, if it does:
+    signed int8 weights on a CPU without VNNI, whose kernels add products in saturating int16."""
+    if "int8" not in manifest.variants or manifest.extra.get("int8_weights", "s8") != "s8":
+        return None
+    if machine.has_vnni():
+        return None
+    return (
+        "its weights are signed (exported on a CPU with VNNI) and this CPU has no VNNI, so ONNX Runtime's int8 "
+        "kernels clip large products here; re-export on this machine for an int8 graph that is exact on it"
+    )
+
+
 class Encoder:
     """A BERT model folder written by ``bert-onnx export``, run under ONNX Runtime.
 
@@ -57,14 +72,16 @@ class Encoder:
     requested ones copied to host memory. The default is on for CUDA, off for CPU (where it gains nothing).
 
     ``variant`` picks the graph: "fp32", "opt", "int8" (CPU) or "fp16" (CUDA), among those the folder holds (see
-    ``bert-onnx info``). The default is the fastest stored variant for the device: int8, then fp32 on CPU (opt
-    measured no faster there); fp16, then opt, then fp32 on CUDA. Every stored variant passed its accuracy gate at
-    export. An int8 graph with signed weights is not picked by default on a CPU without VNNI, where ONNX Runtime's
-    int8 kernels would clip its products (a warning says so; ``variant="int8"`` runs it anyway, with a warning).
+    ``bert-onnx info``); every stored variant passed its accuracy gate at export. ``backend="openvino"`` (extra
+    ``[openvino]``) compiles ``model.onnx`` with OpenVINO on the CPU instead, at ``precision`` "fp32" or "bf16"
+    (bf16 on a CPU without bf16 units raises ``BackendError``). Same inputs, outputs, checks and threading.
 
-    ``backend="openvino"`` (extra ``[openvino]``) compiles ``model.onnx`` with OpenVINO on the CPU instead, at
-    ``precision`` "fp32" or "bf16" (default: bf16 where OpenVINO reports bf16 units, else fp32; bf16 on a CPU
-    without them raises ``BackendError``). Same inputs, outputs, checks and threading guarantees.
+    Not told which, it runs what was measured fastest here: the choice ``bert-onnx tune DIR`` found fastest among
+    those that passed their gates on this machine (:mod:`bert_onnx.runtime.profile`), within ``backend`` if given.
+    Without such a profile it runs fp32, the exact one: which choice is faster depends on the CPU, and a probe at
+    every load would cost more than it saves (docs/variants.md). :meth:`describe` says what was picked and why.
+    An int8 graph with signed weights on a CPU without VNNI, where ONNX Runtime's int8 kernels clip its products,
+    runs only when asked for, with a warning.
     """
 
     def __init__(
@@ -76,17 +93,34 @@ class Encoder:
         variant: str | None = None,
         session_cache: bool | str | Path = False,
         io_binding: bool | None = None,
-        backend: str = "onnxruntime",
+        backend: str | None = None,
         precision: str | None = None,
     ) -> None:
         if not isinstance(session_cache, (bool, str, Path)):
             raise TypeError(f"session_cache={session_cache!r} must be True, False or a folder path")
-        variant = check_options(backend, device, variant, io_binding, precision)
-        self.backend = backend
+        if device not in DEVICES:
+            raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
         self.manifest = Manifest.read(self.model_dir)
+        if variant is not None or precision is not None:
+            backend = backend or "onnxruntime"
+            self.picked_by = "asked for"
+        else:
+            wanted = backend
+            pick = profile.lookup(
+                self.manifest, device, threads, lambda name: wanted in (None, choice_options(name)["backend"])
+            )
+            options = choice_options(pick.name or ("openvino-fp32" if backend == "openvino" else "fp32"))
+            backend, variant, precision = options["backend"], options["variant"], options["precision"]
+            self.picked_by = pick.reason
+        assert backend is not None
+        variant = check_options(backend, device, variant, io_binding, precision)
+        self.backend = backend
+        self.threads = threads
         self.variant = self._choose_variant(variant, device)
         model_file = self.manifest.variants[self.variant].file
         if verify:
@@ -102,13 +136,13 @@ class Encoder:
         if backend == "openvino":
             from bert_onnx.runtime import openvino_backend
 
-            self.precision = openvino_backend.default_precision() if precision is None else precision
+            self.precision = precision or "fp32"
             # The runner checks the precision (name, CPU support, what OpenVINO compiled) before the gate lookup.
             self.runner = openvino_backend.OpenVINOSession(
                 self.model_dir / model_file, self.precision, threads, cache_dir
             )
             gate = interface.OPENVINO_VARIANTS[self.precision]
-            if gate not in self.manifest.variants:
+            if gate not in self.manifest.variants and not self.picked_by.startswith(profile.TUNED):
                 warnings.warn(
                     f"bert-onnx: OpenVINO {self.precision} was not validated for {self.model_dir} at export; "
                     f"export with --variants fp32,{gate} to check it against PyTorch and record its gate",
@@ -132,16 +166,9 @@ class Encoder:
 
     def _choose_variant(self, variant: str | None, device: str) -> str:
         stored = self.manifest.variants
-        if device not in interface.VARIANT_PREFERENCE:
-            raise ValueError(f"device={device!r} is not one of {', '.join(interface.VARIANT_PREFERENCE)}")
         clipped = self._int8_clips_here()
-        if variant is None:
-            chosen = next(
-                v for v in interface.VARIANT_PREFERENCE[device] if v in stored and not (v == "int8" and clipped)
-            )
-            if clipped and "int8" in stored and device == "cpu":
-                warnings.warn(f"bert-onnx: using {chosen}, not int8: {clipped}", stacklevel=3)
-            return chosen
+        if variant is None:  # OpenVINO: it compiles model.onnx
+            return "fp32"
         if variant in interface.OPENVINO_VARIANTS.values():
             precision = variant.removeprefix("openvino-")
             raise ValueError(
@@ -162,16 +189,28 @@ class Encoder:
         return variant
 
     def _int8_clips_here(self) -> str | None:
-        """Why this folder's int8 graph computes differently on this CPU than where its gate was measured, if it
-        does: signed int8 weights on a CPU without VNNI, whose kernels add products in saturating int16."""
-        if "int8" not in self.manifest.variants or self.manifest.extra.get("int8_weights", "s8") != "s8":
-            return None
-        if machine.has_vnni():
-            return None
-        return (
-            "its weights are signed (exported on a CPU with VNNI) and this CPU has no VNNI, so ONNX Runtime's int8 "
-            "kernels clip large products here; re-export on this machine for an int8 graph that is exact on it"
-        )
+        return int8_clips_here(self.manifest)
+
+    @property
+    def choice(self) -> str:
+        """What runs, as ``bert-onnx tune`` names it: "fp32", "opt", "int8", "fp16", "openvino-fp32" or
+        "openvino-bf16"."""
+        return profile.choice_of(self.backend, self.variant, self.precision)
+
+    def describe(self) -> dict[str, Any]:
+        """What runs here and why: the folder, device, backend, variant, precision, threads, the tuned-profile
+        decision (``picked_by``), and this CPU."""
+        return {
+            "model_dir": str(self.model_dir),
+            "device": self.device,
+            "choice": self.choice,
+            "backend": self.backend,
+            "variant": self.variant,
+            "precision": self.precision,
+            "threads": self.threads,
+            "picked_by": self.picked_by,
+            **machine.describe(),
+        }
 
     @property
     def num_layers(self) -> int:

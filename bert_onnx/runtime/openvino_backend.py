@@ -44,11 +44,6 @@ def cpu_capabilities() -> tuple[str, ...]:
     return tuple(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def default_precision() -> str:
-    """bf16 where the CPU has bf16 units, else fp32."""
-    return "bf16" if "BF16" in cpu_capabilities() else "fp32"
-
-
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")

@@ -1,0 +1,271 @@
+"""The accuracy gates as numbers anyone can re-measure: PyTorch's reference outputs, stored at export.
+
+Export checks every variant against PyTorch fp32. ``gates.npz`` keeps what that needs without PyTorch, so
+``bert-onnx verify`` and ``bert-onnx tune`` check a folder again on the machine it runs on (int8 rounds, and
+OpenVINO compiles, differently per CPU):
+
+- the parity batch (short sentences of different lengths, a sentence pair, a ``max_length``-token row) and
+  PyTorch's outputs on it: every output on the short rows' real tokens, ``last_hidden_state`` on every row's real
+  tokens, ``pooler_output`` on every row. Every hidden state of the long row too would make the file about six
+  times larger; damage anywhere in the graph reaches that row's ``last_hidden_state``.
+- the gate's real paragraphs (UTF-8) and, when the folder has an int8 graph, PyTorch's mean-pooled normalized
+  embeddings of them.
+
+The file holds only numeric arrays, is read with ``allow_pickle=False``, and its SHA-256 is in the manifest. This
+module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_onnx import interface
+from bert_onnx._files import atomic_write
+from bert_onnx.manifest import Check, ModelFolderError
+from bert_onnx.runtime.batching import tokenized_batches
+from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.tokenizer import Tokenizer
+
+INT8_GATE = {"mean cosine": 0.997, "min cosine": 0.985, "top-10 agreement": 0.95}
+BATCH_INVARIANCE_CHECK = "batch invariance max abs diff"
+INT8_BATCH_TOLERANCE = 1e-4  # normalized embedding alone vs in company; per-token int8 gives 0 here
+INVARIANCE_TEXTS = 32
+FP16_MIN_TOKEN_COSINE = 0.999
+OPENVINO_BF16_MIN_TOKEN_COSINE = 0.9999
+_LONG_TEXT = "Embeddings of one text must not depend on the other texts in its batch. "
+_FORMAT = 1
+
+# feeds -> the requested outputs, by name (an ONNX Runtime session's or a Runner's run, bound to names).
+Forward = Callable[[Sequence[str], dict[str, np.ndarray]], list[np.ndarray]]
+
+
+# -- what is compared ------------------------------------------------------------------------------------------
+
+
+def selection(name: str, value: np.ndarray, attention_mask: np.ndarray, short_rows: int) -> np.ndarray:
+    """The part of output ``name`` that is stored and compared: ``pooler_output`` whole (batch, H); otherwise the
+    real tokens (tokens, H) of the first ``short_rows`` rows, or of every row for ``last_hidden_state``."""
+    if name == interface.POOLER_OUTPUT:
+        return value
+    keep = attention_mask.astype(bool).copy()
+    if name != interface.LAST_HIDDEN_STATE:
+        keep[short_rows:] = False
+    return value[keep]
+
+
+def max_abs_checks(
+    expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], tolerance: float = interface.FP32_TOLERANCE
+) -> tuple[Check, ...]:
+    """Max abs difference per output (same-shaped selections), each against ``tolerance``."""
+    checks = []
+    for name, ref in expected.items():
+        diff = np.abs(actual[name].astype(np.float64) - ref.astype(np.float64))
+        checks.append(Check(f"{name} max abs diff", float(diff.max()), tolerance))
+    return tuple(checks)
+
+
+def cosine_checks(
+    expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], limit: float
+) -> tuple[Check, ...]:
+    """Minimum per-token (``pooler_output``: per-row) cosine of each output to the reference, in float64."""
+    checks = []
+    for name, ref in expected.items():
+        ref64, out = ref.astype(np.float64), actual[name].astype(np.float64)
+        norms = np.linalg.norm(ref64, axis=-1) * np.linalg.norm(out, axis=-1) + 1e-12
+        cosine = np.sum(ref64 * out, axis=-1) / norms
+        checks.append(Check(f"{name} min cosine", float(cosine.min()), limit, at_least=True))
+    return tuple(checks)
+
+
+_MEAN_NORMALIZED = EmbedRecipe(pooling="mean", normalize=True).pooling_for(num_layers=1)  # the int8 gate's vectors
+
+
+def sentence_embeddings(texts: Sequence[str], tokenizer: Tokenizer, forward: Forward, max_length: int) -> np.ndarray:
+    """Mean-pooled, normalized float32 embeddings of ``texts`` in input order, batched exactly as
+    ``Encoder.embed`` batches them (:func:`bert_onnx.runtime.batching.tokenized_batches`, default budgets)."""
+    result: np.ndarray | None = None
+    for rows, batch in tokenized_batches(tokenizer, texts, max_length):
+        hidden = forward([interface.LAST_HIDDEN_STATE], batch.feeds())[0]
+        pooled = _MEAN_NORMALIZED({interface.LAST_HIDDEN_STATE: hidden}, batch.attention_mask)
+        if result is None:
+            result = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+        result[rows] = pooled
+    if result is None:
+        raise ValueError("no texts to embed")
+    return result
+
+
+def batch_invariance(texts: Sequence[str], tokenizer: Tokenizer, forward: Forward, max_length: int) -> float:
+    """Largest abs difference between a text's normalized embedding computed alone and computed in company: in
+    its length-sorted batches, and in one batch beside a ``max_length``-token text."""
+    long_text = _LONG_TEXT * (max_length // 4)
+    alone = np.concatenate([sentence_embeddings([text], tokenizer, forward, max_length) for text in texts])
+    batched = sentence_embeddings(texts, tokenizer, forward, max_length)
+    batch = tokenizer([*texts, long_text], max_length=max_length)  # one batch, every row padded to max_length
+    hidden = forward([interface.LAST_HIDDEN_STATE], batch.feeds())[0]
+    beside_long = _MEAN_NORMALIZED({interface.LAST_HIDDEN_STATE: hidden}, batch.attention_mask)[: len(texts)]
+    return float(max(np.abs(alone - batched).max(), np.abs(alone - beside_long).max()))
+
+
+def embedding_quality(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Cosine of each candidate embedding to its reference, and how many of each text's k nearest neighbours
+    (by cosine, excluding itself) the candidate keeps. Both are normalized; compared in float64."""
+    reference, candidate = reference.astype(np.float64), candidate.astype(np.float64)
+    cosines = np.sum(reference * candidate, axis=1)
+
+    def neighbours(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argsort(-similarity, axis=1)[:, :k]
+
+    ref_nn, cand_nn = neighbours(reference), neighbours(candidate)
+    agreement = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref_nn, cand_nn, strict=True)])
+    return {
+        "mean cosine": float(cosines.mean()),
+        "min cosine": float(cosines.min()),
+        "top-10 agreement": float(agreement),
+    }
+
+
+def int8_checks(
+    texts: Sequence[str], reference: np.ndarray, tokenizer: Tokenizer, forward: Forward, max_length: int
+) -> tuple[Check, ...]:
+    """The int8 gate: embedding quality on ``texts`` against ``reference``, and batch invariance."""
+    quality = embedding_quality(reference, sentence_embeddings(texts, tokenizer, forward, max_length))
+    invariance = batch_invariance(texts[:INVARIANCE_TEXTS], tokenizer, forward, max_length)
+    return (
+        *(Check(name, quality[name], limit, at_least=True) for name, limit in INT8_GATE.items()),
+        Check(BATCH_INVARIANCE_CHECK, invariance, INT8_BATCH_TOLERANCE),
+    )
+
+
+# -- the stored references --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class References:
+    """PyTorch fp32's outputs for the gates, as stored in ``gates.npz``.
+
+    ``batch``: the parity batch's int64 inputs by name; ``outputs``: PyTorch's outputs on it, each the
+    :func:`selection` of that output; ``texts``: the gate's real paragraphs; ``embeddings``: PyTorch's mean-pooled
+    normalized embeddings of ``texts`` (only when the folder has an int8 graph).
+    """
+
+    batch: dict[str, np.ndarray]
+    short_rows: int
+    outputs: dict[str, np.ndarray]
+    texts: tuple[str, ...]
+    embeddings: np.ndarray | None = None
+
+    @classmethod
+    def from_outputs(
+        cls,
+        batch: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        short_rows: int,
+        texts: Sequence[str],
+        embeddings: np.ndarray | None = None,
+    ) -> References:
+        """Keep the :func:`selection` of each of PyTorch's full outputs on ``batch``."""
+        mask = batch["attention_mask"]
+        return cls(
+            batch={name: np.asarray(batch[name], dtype=np.int64) for name in interface.INPUT_NAMES},
+            short_rows=short_rows,
+            outputs={
+                name: selection(name, value, mask, short_rows).astype(np.float32) for name, value in outputs.items()
+            },
+            texts=tuple(texts),
+            embeddings=None if embeddings is None else np.asarray(embeddings, dtype=np.float32),
+        )
+
+    def select(self, actual: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The same selection of a candidate's full outputs on :attr:`batch`."""
+        mask = self.batch["attention_mask"]
+        return {name: selection(name, actual[name], mask, self.short_rows) for name in self.outputs}
+
+    def save(self, path: str | Path) -> None:
+        encoded = [text.encode("utf-8") for text in self.texts]
+        arrays: dict[str, np.ndarray] = {
+            "format": np.array(_FORMAT),
+            "short_rows": np.array(self.short_rows),
+            "text_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            "text_offsets": np.cumsum([0, *(len(e) for e in encoded)]).astype(np.int64),
+        }
+        arrays.update({f"batch/{name}": value for name, value in self.batch.items()})
+        arrays.update({f"output/{name}": value for name, value in self.outputs.items()})
+        if self.embeddings is not None:
+            arrays["embeddings"] = self.embeddings
+
+        def write(handle: Any) -> None:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+            handle.write(buffer.getvalue())
+
+        atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> References:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelFolderError(f"{path}: not a readable gate-reference file ({exc})") from exc
+        if int(arrays.get("format", -1)) != _FORMAT:
+            raise ModelFolderError(f"{path}: gate-reference format {arrays.get('format')!r} is not {_FORMAT}")
+        offsets, data_bytes = arrays["text_offsets"], arrays["text_bytes"].tobytes()
+        texts = tuple(data_bytes[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist()))
+        return cls(
+            batch={name: arrays[f"batch/{name}"] for name in interface.INPUT_NAMES},
+            short_rows=int(arrays["short_rows"]),
+            outputs={key.removeprefix("output/"): value for key, value in arrays.items() if key.startswith("output/")},
+            texts=texts,
+            embeddings=arrays.get("embeddings"),
+        )
+
+
+# -- one gate per choice ----------------------------------------------------------------------------------------
+
+
+def gate_description(choice: str, references: References, max_length: int) -> str:
+    """What ``choice``'s gate measures, in words, for the tables ``verify`` and ``tune`` print."""
+    ids = references.batch["input_ids"]
+    batch = f"the stored parity batch, {ids.shape[0]} rows of up to {ids.shape[1]} tokens"
+    if choice == "int8":
+        return (
+            f"mean-pooled normalized sentence embeddings of {len(references.texts)} stored real paragraphs, batched "
+            f"as Encoder.embed batches, against PyTorch fp32; batch invariance on {INVARIANCE_TEXTS} of them alone "
+            f"vs batched and beside a {max_length}-token text"
+        )
+    if choice in ("fp16", "openvino-bf16"):
+        return f"per-token cosine to PyTorch fp32 on {batch}"
+    return f"max abs diff to PyTorch fp32 on {batch}"
+
+
+def measure(
+    choice: str, references: References, forward: Forward, tokenizer: Tokenizer, max_length: int
+) -> tuple[Check, ...]:
+    """Measure ``choice``'s export gate ("fp32", "opt", "int8", "fp16", "openvino-fp32", "openvino-bf16") on
+    ``forward`` against the stored references."""
+    if choice == "int8":
+        if references.embeddings is None:
+            raise ModelFolderError("gates.npz has no int8 reference embeddings (the folder has no int8 graph)")
+        return int8_checks(references.texts, references.embeddings, tokenizer, forward, max_length)
+    names = list(references.outputs)
+    actual = references.select(dict(zip(names, forward(names, dict(references.batch)), strict=True)))
+    if choice == "fp16":
+        return cosine_checks(references.outputs, actual, FP16_MIN_TOKEN_COSINE)
+    if choice == "openvino-bf16":
+        return cosine_checks(references.outputs, actual, OPENVINO_BF16_MIN_TOKEN_COSINE)
+    if choice in ("fp32", "opt", "openvino-fp32"):
+        return max_abs_checks(references.outputs, actual)
+    raise ValueError(f"no gate for {choice!r}")

@@ -1,0 +1,187 @@
+"""Tuned profiles: which way of running a model folder measured fastest on this machine, as ``bert-onnx tune`` found.
+
+Which choice is fastest (ONNX Runtime fp32, opt or int8; OpenVINO fp32 or bf16) depends on the CPU's instruction
+sets, its core count and the library versions, so ``Encoder(DIR)`` picks by measurement, never by assumption: the
+fastest choice that passed its accuracy gate *here*, when a profile for this machine exists, else fp32.
+
+Where profiles live: in the user's cache (``$BERT_ONNX_PROFILE_DIR``, else ``$XDG_CACHE_HOME/bert-onnx/profiles``,
+else ``~/.cache/bert-onnx/profiles``), one JSON file per model, not in the model folder. A model folder is written
+once, checksummed, and often shared by machines of different CPUs (a network drive, a container image) or mounted
+read-only; a measurement belongs to the machine that made it. The file is named by the SHA-256 of the folder's
+recorded checksums, so copies of a folder share a profile and a re-export starts without one. It holds one entry
+per machine (CPU model, instruction sets, core count, device, threads); an entry made with other library versions,
+or on another machine, is ignored with a note saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bert_onnx import __version__, interface, machine
+from bert_onnx._files import atomic_write_text
+from bert_onnx.manifest import Manifest
+
+PROFILE_ENV = "BERT_ONNX_PROFILE_DIR"
+PROFILE_FORMAT = "bert-onnx-profile"
+PROFILE_VERSION = 1
+ONNXRUNTIME_CHOICES = ("fp32", "opt", "int8", "fp16")  # the stored graphs, run by ONNX Runtime
+OPENVINO_CHOICES = tuple(interface.OPENVINO_VARIANTS.values())  # model.onnx compiled by OpenVINO
+CHOICES = (*ONNXRUNTIME_CHOICES, *OPENVINO_CHOICES)
+TUNED = "tuned here"  # how a Pick from this machine's profile begins its reason
+
+log = logging.getLogger(__name__)
+
+
+def choice_options(name: str) -> dict[str, str | None]:
+    """``Encoder`` keyword arguments that run choice ``name``."""
+    if name in OPENVINO_CHOICES:
+        return {"backend": "openvino", "variant": None, "precision": name.removeprefix("openvino-")}
+    if name in ONNXRUNTIME_CHOICES:
+        return {"backend": "onnxruntime", "variant": name, "precision": None}
+    raise ValueError(f"choice {name!r} is not one of {', '.join(CHOICES)}")
+
+
+def choice_of(backend: str, variant: str, precision: str | None) -> str:
+    """The choice name of an ``Encoder``'s backend, variant and precision."""
+    return interface.OPENVINO_VARIANTS[precision or "fp32"] if backend == "openvino" else variant
+
+
+def default_profile_dir() -> Path:
+    if os.environ.get(PROFILE_ENV):
+        return Path(os.environ[PROFILE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bert-onnx" / "profiles"
+
+
+def profile_path(manifest: Manifest, profile_dir: Path | None = None) -> Path:
+    """The profile file of the model ``manifest`` describes: named by the SHA-256 of its recorded checksums."""
+    files = json.dumps(sorted(manifest.files.items())).encode("utf-8")
+    return (profile_dir or default_profile_dir()) / f"{hashlib.sha256(files).hexdigest()[:24]}.json"
+
+
+def machine_key(device: str, threads: int | None) -> dict[str, Any]:
+    """What a measurement depends on besides the libraries: CPU model, instruction sets, cores, device, threads."""
+    described = machine.describe()
+    return {
+        "cpu": described["cpu"],
+        "cpus": described["cpus"],
+        "isa": described["isa"],
+        "device": device,
+        "threads": threads,
+    }
+
+
+def library_versions() -> dict[str, str | None]:
+    """bert-onnx, ONNX Runtime and OpenVINO versions (``None``: not installed); read without importing them."""
+    versions: dict[str, str | None] = {"bert-onnx": __version__}
+    for package in ("onnxruntime", "openvino"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    if versions["onnxruntime"] is None:  # the GPU build installs as onnxruntime-gpu
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions["onnxruntime"] = metadata.version("onnxruntime-gpu")
+    return versions
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """The entries of the profile at ``path``; none if it is missing. An unreadable file is reported and ignored
+    (``tune`` rewrites it)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("ignoring the unreadable tuned profile %s (%s); run `bert-onnx tune` again", path, exc)
+        return []
+    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT or data.get("version") != PROFILE_VERSION:
+        log.warning("ignoring %s: not a version-%d bert-onnx profile", path, PROFILE_VERSION)
+        return []
+    entries = data.get("entries")
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def save_entry(manifest: Manifest, model_dir: Path, entry: Mapping[str, Any], profile_dir: Path | None = None) -> Path:
+    """Add ``entry`` to the model's profile, replacing the one of the same machine; atomic. Returns the path."""
+    path = profile_path(manifest, profile_dir)
+    kept = [e for e in read_entries(path) if e.get("machine") != entry["machine"]]
+    body = {
+        "format": PROFILE_FORMAT,
+        "version": PROFILE_VERSION,
+        "model": str(Path(model_dir).resolve()),
+        "entries": [*kept, dict(entry)],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Pick:
+    """What ``Encoder`` runs when not told: a choice name (``None``: the default, fp32) and why, in words."""
+
+    name: str | None
+    reason: str
+
+
+def _differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    changed = [key for key in current if stored.get(key) != current.get(key)]
+    return ", ".join(f"{key} {stored.get(key)!r}, here {current.get(key)!r}" for key in changed)
+
+
+def lookup(
+    manifest: Manifest,
+    device: str,
+    threads: int | None,
+    allowed: Callable[[str], bool] = lambda name: True,
+    profile_dir: Path | None = None,
+) -> Pick:
+    """The fastest choice, among ``allowed`` ones, that passed its gate when this machine was tuned with these
+    library versions; or ``Pick(None, why)`` when no such measurement exists (a stale one is logged)."""
+    path = profile_path(manifest, profile_dir)
+    entries = read_entries(path)
+    key, versions = machine_key(device, threads), library_versions()
+    hint = "run `bert-onnx tune DIR` to measure the choices here"
+    same_machine = [e for e in entries if e.get("machine") == key]
+    if not same_machine:
+        if entries:
+            other = _differences(entries[-1].get("machine", {}), key)
+            note = f"the tuned profile {path} was measured on another machine or setting ({other})"
+            log.warning("ignoring %s", note)
+            return Pick(None, f"default (ignored {note}; {hint})")
+        return Pick(None, f"default (no tuned profile for this machine; {hint})")
+    entry = same_machine[-1]
+    if entry.get("versions") != versions:
+        other = _differences(entry.get("versions", {}), versions)
+        note = f"the tuned profile {path} was measured with other library versions ({other})"
+        log.warning("ignoring %s", note)
+        return Pick(None, f"default (ignored {note}; {hint})")
+    passed = [
+        c
+        for c in entry.get("choices", [])
+        if isinstance(c, dict)
+        and c.get("passed")
+        and c.get("name") in CHOICES
+        and allowed(c["name"])
+        and isinstance(c.get("texts_per_second"), (int, float))
+    ]
+    if not passed:
+        return Pick(
+            None, f"default (the profile tuned here on {entry.get('created')} has no passing choice for this backend)"
+        )
+    best = max(passed, key=lambda c: c["texts_per_second"])
+    return Pick(
+        best["name"],
+        f"{TUNED} on {entry.get('created')}: the fastest choice that passed its gate here "
+        f"({best['texts_per_second']:.1f} texts/s on real text)",
+    )

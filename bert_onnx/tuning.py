@@ -1,0 +1,230 @@
+"""``bert-onnx verify`` and ``bert-onnx tune``: every way of running a folder that works here, checked against the
+PyTorch references stored at export (:mod:`bert_onnx.gates`), and timed.
+
+A *choice* is one way to run the folder: a stored graph under ONNX Runtime ("fp32", "opt", "int8", "fp16") or
+``model.onnx`` compiled by OpenVINO ("openvino-fp32", "openvino-bf16"). ``verify`` measures each choice's export
+gate on this machine; ``tune`` does the same, times the choices that pass on real text, and saves the result as
+this machine's profile (:mod:`bert_onnx.runtime.profile`), which ``Encoder(DIR)`` then follows. A choice that
+cannot run here (OpenVINO not installed, bf16 without bf16 units, signed int8 weights without VNNI, CUDA-only
+graphs on the CPU) is listed as skipped, with the reason. Imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bert_onnx import gates, interface, machine
+from bert_onnx.gates import References
+from bert_onnx.manifest import Manifest, ModelFolderError, VariantRecord
+from bert_onnx.runtime import profile
+from bert_onnx.runtime.encoder import Encoder, int8_clips_here
+
+Progress = Callable[[str], object]  # called once per step, with what the step is
+SHORT_TEXT = "I love Korea"  # the one-text latency
+MIN_TIMING_SECONDS = 0.3  # each timed measurement repeats its texts until it lasts at least this long
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One choice here: skipped (with the reason), or its gate measured here, and, after ``tune``, its speed."""
+
+    name: str
+    skipped: str | None = None
+    record: VariantRecord | None = None
+    texts_per_second: float | None = None
+    one_text_ms: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.record is not None and self.record.passed
+
+    @property
+    def status(self) -> str:
+        if self.skipped is not None:
+            return "skipped"
+        return "ok" if self.passed else "FAIL"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "passed": self.passed,
+            "skipped": self.skipped,
+            "gate": None if self.record is None else dataclasses.asdict(self.record),
+            "texts_per_second": self.texts_per_second,
+            "one_text_ms": self.one_text_ms,
+        }
+
+
+def candidates(manifest: Manifest, device: str) -> list[tuple[str, str | None]]:
+    """Every choice for ``device`` with the reason it cannot run here, or ``None`` if it can."""
+    found: list[tuple[str, str | None]] = []
+    for name in profile.ONNXRUNTIME_CHOICES:
+        record = manifest.variants.get(name)
+        if record is None:
+            continue
+        if device not in record.devices:
+            found.append((name, f"the {name} graph runs on {', '.join(record.devices)}, not {device}"))
+        elif name == "int8":
+            found.append((name, int8_clips_here(manifest)))
+        else:
+            found.append((name, None))
+    for precision, name in interface.OPENVINO_VARIANTS.items():
+        found.append((name, _openvino_unavailable(precision) if device == "cpu" else "OpenVINO runs on the CPU only"))
+    return found
+
+
+def _openvino_unavailable(precision: str) -> str | None:
+    from bert_onnx.runtime import openvino_backend
+
+    try:
+        openvino_backend.cpu_capabilities()  # imports openvino
+        openvino_backend.check_precision(precision)
+    except openvino_backend.BackendError as exc:
+        return str(exc)
+    return None
+
+
+def open_choice(model_dir: Path, name: str, device: str = "cpu", threads: int | None = None) -> Encoder:
+    """An ``Encoder`` running choice ``name``."""
+    with warnings.catch_warnings():
+        # OpenVINO's gate may not have been run at export; verify and tune measure it here.
+        warnings.filterwarnings("ignore", message=r".*was not validated for .* at export")
+        options = profile.choice_options(name)
+        return Encoder(
+            model_dir,
+            device=device,
+            threads=threads,
+            backend=options["backend"],
+            variant=options["variant"],
+            precision=options["precision"],
+        )
+
+
+def load_references(model_dir: Path, manifest: Manifest) -> References:
+    """The folder's stored gate references, after checking every file the manifest lists."""
+    if interface.GATES_FILE not in manifest.files:
+        raise ModelFolderError(
+            f"{model_dir}: no {interface.GATES_FILE} (the folder was exported by a bert-onnx that did not store the "
+            "gates' PyTorch references); export it again to verify or tune it"
+        )
+    manifest.verify_files(model_dir)
+    return References.load(model_dir / interface.GATES_FILE)
+
+
+def check_gate(name: str, encoder: Encoder, references: References) -> VariantRecord:
+    """Choice ``name``'s export gate, measured on ``encoder`` here against the stored references."""
+    checks = gates.measure(name, references, encoder.runner.run, encoder.tokenizer, encoder.max_length)
+    return VariantRecord(
+        file=interface.VARIANT_FILES[name],
+        devices=interface.VARIANT_DEVICES[name],
+        gate=gates.gate_description(name, references, encoder.max_length),
+        checks=checks,
+        measured_on={**machine.describe(), **{k: v for k, v in profile.library_versions().items() if v}},
+    )
+
+
+def _gated(
+    model_dir: Path, device: str, threads: int | None, progress: Progress | None
+) -> tuple[Manifest, References, list[Outcome], dict[str, Encoder]]:
+    model_dir = Path(model_dir)
+    manifest = Manifest.read(model_dir)
+    references = load_references(model_dir, manifest)
+    outcomes, passing = [], {}
+    for name, reason in candidates(manifest, device):
+        if progress is not None:
+            progress(f"{name}: gate")
+        if reason is not None:
+            outcomes.append(Outcome(name, skipped=reason))
+            continue
+        encoder = open_choice(model_dir, name, device, threads)
+        outcome = Outcome(name, record=check_gate(name, encoder, references))
+        outcomes.append(outcome)
+        if outcome.passed:
+            passing[name] = encoder
+    return manifest, references, outcomes, passing
+
+
+def verify(
+    model_dir: str | Path, device: str = "cpu", threads: int | None = None, progress: Progress | None = None
+) -> list[Outcome]:
+    """Measure every choice's export gate here; one :class:`Outcome` per choice, skipped ones with their reason."""
+    return _gated(Path(model_dir), device, threads, progress)[2]
+
+
+def steps(model_dir: str | Path, device: str = "cpu", rounds: int = 3) -> tuple[int, int]:
+    """How many progress steps ``verify`` and ``tune`` take on ``model_dir``, for a progress bar's total."""
+    gated = len(candidates(Manifest.read(model_dir), device))
+    return gated, gated + rounds + 1
+
+
+def _texts_per_second(encoder: Encoder, texts: Sequence[str], repeats: int) -> float:
+    started = time.perf_counter()
+    for _ in range(repeats):
+        encoder.embed(texts)
+    return repeats * len(texts) / (time.perf_counter() - started)
+
+
+def tune(
+    model_dir: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    rounds: int = 3,
+    sample: int = 64,
+    progress: Progress | None = None,
+    profile_dir: Path | None = None,
+) -> tuple[list[Outcome], Path, profile.Pick]:
+    """Check each choice's gate here, time those that pass on ``sample`` of the stored real paragraphs
+    (length-sorted batches, as ``Encoder.embed`` runs them) and on one short text, interleaved over ``rounds``,
+    and save this machine's profile. Returns the outcomes, the profile's path, and what ``Encoder`` now picks."""
+    if not isinstance(rounds, int) or rounds < 1 or not isinstance(sample, int) or sample < 1:
+        raise ValueError(f"rounds={rounds!r} and sample={sample!r} must be positive ints")
+    model_dir = Path(model_dir)
+    manifest, references, outcomes, passing = _gated(model_dir, device, threads, progress)
+    texts = list(references.texts[:sample])
+    repeats = {}
+    for name, encoder in passing.items():  # warm up, and repeat short runs until they are long enough to time
+        started = time.perf_counter()
+        encoder.embed(texts)
+        repeats[name] = max(1, math.ceil(MIN_TIMING_SECONDS / max(time.perf_counter() - started, 1e-6)))
+    speeds: dict[str, list[float]] = {name: [] for name in passing}
+    for round_ in range(rounds):  # interleaved: slow drifts of the machine hit every choice alike
+        if progress is not None:
+            progress(f"timing round {round_ + 1} of {rounds}")
+        for name, encoder in passing.items():
+            speeds[name].append(_texts_per_second(encoder, texts, repeats[name]))
+    if progress is not None:
+        progress("timing one short text")
+    latency: dict[str, list[float]] = {name: [] for name in passing}
+    for _ in range(5):
+        for name, encoder in passing.items():
+            calls = max(1, repeats[name] * len(texts) // 8)
+            latency[name].append(1000 / _texts_per_second(encoder, [SHORT_TEXT], calls))
+    timed = [
+        Outcome(
+            o.name,
+            o.skipped,
+            o.record,
+            statistics.median(speeds[o.name]) if o.name in speeds else None,
+            statistics.median(latency[o.name]) if o.name in latency else None,
+        )
+        for o in outcomes
+    ]
+    entry = {
+        "machine": profile.machine_key(device, threads),
+        "versions": profile.library_versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timing": {"texts": len(texts), "rounds": rounds, "statistic": "median"},
+        "choices": [o.to_dict() for o in timed],
+    }
+    path = profile.save_entry(manifest, model_dir, entry, profile_dir)
+    return timed, path, profile.lookup(manifest, device, threads, profile_dir=profile_dir)
