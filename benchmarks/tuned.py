@@ -5,8 +5,8 @@
 With ``--tune`` it first runs ``bert-onnx tune`` on each folder (and reports how long that took). Then, in one
 process, interleaved round by round, it times ``Encoder(DIR).embed`` (whatever the profile picked) and each choice
 that passes its gate here, opened explicitly, on real paragraphs from the folder's ``gates.npz`` that tune did not
-time (its sample is the first 64). Reported: texts/s per choice (median over rounds) and the ratio of the default
-to the fastest choice measured here; the target is >= 0.9.
+time (its sample is at most the first 64). Reported: texts/s per choice (median over rounds) and the ratio of the
+default to the fastest choice measured here; the target is >= 0.9.
 """
 
 from __future__ import annotations

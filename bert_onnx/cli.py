@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_machine_options(tune)
     tune.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default: 3)")
-    tune.add_argument("--texts", type=int, default=64, help="real paragraphs per timing (default: 64)")
+    tune.add_argument("--texts", type=int, default=32, help="real paragraphs per timing (default: 32)")
     tune.set_defaults(func=_tune)
     return parser
 

@@ -179,7 +179,7 @@ def tune(
     device: str = "cpu",
     threads: int | None = None,
     rounds: int = 3,
-    sample: int = 64,
+    sample: int = 32,
     progress: Progress | None = None,
     profile_dir: Path | None = None,
 ) -> tuple[list[Outcome], Path, profile.Pick]:
@@ -194,8 +194,9 @@ def tune(
     repeats = {}
     for name, encoder in passing.items():  # warm up, and repeat short runs until they are long enough to time
         started = time.perf_counter()
-        encoder.embed(texts)
-        repeats[name] = max(1, math.ceil(MIN_TIMING_SECONDS / max(time.perf_counter() - started, 1e-6)))
+        encoder.embed(texts[:8])
+        estimate = (time.perf_counter() - started) * len(texts) / min(8, len(texts))
+        repeats[name] = max(1, math.ceil(MIN_TIMING_SECONDS / max(estimate, 1e-6)))
     speeds: dict[str, list[float]] = {name: [] for name in passing}
     for round_ in range(rounds):  # interleaved: slow drifts of the machine hit every choice alike
         if progress is not None:

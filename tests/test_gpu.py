@@ -52,3 +52,16 @@ def test_cuda_embed_matches_cpu(export_dir: Callable[[str], Path], encoder: Call
     gpu = Encoder(export_dir("minilm"), device="cuda").embed(texts, pooling="mean", layers=[-4, -3, -2, -1])
     cpu = encoder("minilm").embed(texts, pooling="mean", layers=[-4, -3, -2, -1])
     np.testing.assert_allclose(gpu, cpu, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_verify_and_tune_on_cuda(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    from bert_onnx import tuning
+
+    folder = export_dir("minilm")
+    outcomes = {o.name: o for o in tuning.verify(folder, device="cuda")}
+    assert outcomes["fp32"].passed, outcomes["fp32"].record
+    assert outcomes["openvino-fp32"].skipped == "OpenVINO runs on the CPU only"
+    timed, _, pick = tuning.tune(folder, device="cuda", rounds=1, sample=4, profile_dir=tmp_path)
+    assert pick.name == "fp32" and {o.name: o for o in timed}["fp32"].texts_per_second
