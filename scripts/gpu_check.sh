@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c 'import onnxruntime as o, torch; print("onnxruntime", o.__version__, o.get_available_providers(), "torch", torch.__version__)'
 python3 scripts/prepare_checkpoints.py "$cache/checkpoints" || exit 1
 status=0
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "base or refused" -rA || status=1
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "base or refused or tune" -rA || status=1
 out=/tmp/bert-onnx-gpu
 rm -rf "$out" && python3 -m bert_onnx export "$cache/checkpoints/bert-base-uncased-arch-random-weights" \
     --output "$out" --variants fp32,opt,fp16 || status=1
@@ -48,4 +48,8 @@ for variant in ("fp32", "opt", "fp16"):
     print(f"cuda {variant}: 32 x 128, all outputs: {(time.perf_counter() - start) / 20 * 1000:.2f} ms per call")
 print("default CUDA variant:", Encoder(folder, device="cuda").variant)
 PY
+export BERT_ONNX_PROFILE_DIR=/tmp/bert-onnx-profiles
+python3 -m bert_onnx verify "$out" --device cuda -q || status=1
+python3 -m bert_onnx tune "$out" --device cuda -q || status=1
+python3 -c "import sys; from bert_onnx.runtime import Encoder; print(Encoder(sys.argv[1], device='cuda').describe())" "$out" || status=1
 exit $status

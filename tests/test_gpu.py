@@ -59,7 +59,7 @@ def test_cuda_embed_matches_cpu(export_dir: Callable[[str], Path], encoder: Call
 def test_verify_and_tune_on_cuda(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
     from bert_onnx import tuning
 
-    folder = export_dir("minilm")
+    folder = export_dir("tiny")
     outcomes = {o.name: o for o in tuning.verify(folder, device="cuda")}
     assert outcomes["fp32"].passed, outcomes["fp32"].record
     assert outcomes["openvino-fp32"].skipped == "OpenVINO runs on the CPU only"

@@ -15,7 +15,6 @@ or on another machine, is ignored with a note saying why.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -81,16 +80,15 @@ def machine_key(device: str, threads: int | None) -> dict[str, Any]:
 
 
 def library_versions() -> dict[str, str | None]:
-    """bert-onnx, ONNX Runtime and OpenVINO versions (``None``: not installed); read without importing them."""
-    versions: dict[str, str | None] = {"bert-onnx": __version__}
-    for package in ("onnxruntime", "openvino"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    if versions["onnxruntime"] is None:  # the GPU build installs as onnxruntime-gpu
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions["onnxruntime"] = metadata.version("onnxruntime-gpu")
+    """bert-onnx, ONNX Runtime (the module imported, CPU or GPU build) and OpenVINO (``None``: not installed; read
+    from its package metadata, without importing it) versions."""
+    import onnxruntime
+
+    versions: dict[str, str | None] = {"bert-onnx": __version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        versions["openvino"] = metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        versions["openvino"] = None
     return versions
 
 
