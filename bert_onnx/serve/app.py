@@ -430,7 +430,9 @@ async def _maybe_offload(offload: bool, function: Callable[..., T], *args: Any) 
 
 
 def _dumps(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    # ASCII with escapes: a field echoed back (``model``) or named in an error may hold a lone surrogate, which
+    # has no UTF-8 form; an escape is valid JSON for any string.
+    return json.dumps(payload, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _json(payload: Any, status: int = 200) -> Response:

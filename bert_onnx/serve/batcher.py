@@ -95,7 +95,7 @@ class _Item:
     length: int
 
 
-# (texts, padded tokens, real tokens, seconds) of one batch; texts dropped because their client left.
+# (texts, padded tokens, real tokens, seconds) of one batch.
 BatchObserver = Callable[[int, int, int, float], None]
 
 
@@ -110,6 +110,8 @@ class Batcher:
     a request larger than the limit is not refused forever).
     ``max_wait_ms``: after a round of batches, how long the worker may wait for the requests those batches
     answered to come back before it starts a round with fewer (see :meth:`_gather`); a lone caller never waits.
+    ``on_batch(texts, padded tokens, real tokens, seconds)`` and ``on_drop(texts)`` report to metrics; they run on
+    the worker thread and on the event loop respectively.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Batcher:
         max_padding: float | None = 0.25,
         on_batch: BatchObserver | None = None,
         on_drop: Callable[[int], None] | None = None,
+        start: bool = True,
     ) -> None:
         for name, value in (
             ("max_batch_size", max_batch_size),
@@ -153,6 +156,11 @@ class Batcher:
         self._last_round_end = 0.0
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="bert-onnx-batcher", daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the worker thread (for ``start=False``: work submitted before runs as one round)."""
         self._thread.start()
 
     # -- the event loop's side ----------------------------------------------------------------------------------
@@ -218,6 +226,8 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify()
+        if self._thread.ident is None:  # never started: run what was submitted, then stop
+            self._thread.start()
         self._thread.join()
 
     def _dim(self, pooling: Pooling) -> int:
