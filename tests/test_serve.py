@@ -15,6 +15,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import assert_error, run_cli, wait_for
+from helpers import assert_error, cli_env, run_cli, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve_helpers import Reply, Server, call, metric, start_server
@@ -477,6 +479,17 @@ def test_sigterm_under_load_answers_every_accepted_request(export_dir: Callable[
 
 
 # -- the command line -----------------------------------------------------------------------------------------
+
+
+def test_runtime_and_cli_do_not_import_the_server_stack() -> None:
+    """``bert_onnx.runtime``, ``jobs`` and the CLI's module load without Starlette, uvicorn or prometheus-client;
+    only ``bert-onnx serve`` imports them, when it runs."""
+    code = (
+        "import sys, bert_onnx.runtime, bert_onnx.jobs, bert_onnx.cli; "
+        "print([m for m in ('starlette', 'uvicorn', 'prometheus_client', 'bert_onnx.serve') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_serve_refuses_bad_setups_with_one_line(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
