@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -121,6 +122,24 @@ def call(
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
     finally:
         connection.close()
+
+
+def read_reply(sock: socket.socket) -> str:
+    """A whole HTTP answer read from a raw socket (its head, then Content-Length bytes of body), as text."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    while found and len(body) < int(found.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode("utf-8", "replace")
 
 
 def metric(server: Server, name: str, headers: dict[str, str] | None = None) -> float:

@@ -28,7 +28,7 @@ import pytest
 from helpers import assert_error, cli_env, run_cli, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_helpers import Reply, Server, call, metric, start_server
+from serve_helpers import Reply, Server, call, metric, read_reply, start_server
 
 from bert_onnx import machine
 from bert_onnx.export.corpus import documentation_paragraphs
@@ -298,7 +298,7 @@ def test_unknown_routes_methods_and_large_bodies(tiny: Server) -> None:
     # A declared length over the limit is refused before the body is read.
     with socket.create_connection((tiny.host, tiny.port), timeout=60) as sock:
         sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 17000000\r\n\r\n{")
-        head = sock.recv(65536).decode()
+        head = read_reply(sock)
     assert head.startswith("HTTP/1.1 413"), head
     assert "over the limit of 16777216" in head
 
@@ -311,7 +311,7 @@ def test_unknown_routes_methods_and_large_bodies(tiny: Server) -> None:
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before the last chunks
-        head = sock.recv(65536).decode()
+        head = read_reply(sock)
     assert head.startswith("HTTP/1.1 413"), head[:300]
     assert call(tiny, "GET", "/health").status == 200
 

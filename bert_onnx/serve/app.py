@@ -353,7 +353,10 @@ class EmbeddingServer:
             ids = [list(t.ids) for t in found]
         else:
             backend = self.encoder.tokenizer.backend
-            ids = [list(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+            encoded = await _maybe_offload(
+                sum(map(len, texts)) > OFFLOAD_BYTES, backend.encode_batch, texts, add_special_tokens=False
+            )
+            ids = [list(e.ids) for e in encoded]
         convert = self.encoder.tokenizer.convert_ids_to_tokens
         return await _json_response(
             {
@@ -425,8 +428,8 @@ async def _disconnected(request: Request) -> None:
         continue
 
 
-async def _maybe_offload(offload: bool, function: Callable[..., T], *args: Any) -> T:
-    return await run_in_threadpool(function, *args) if offload else function(*args)
+async def _maybe_offload(offload: bool, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await run_in_threadpool(function, *args, **kwargs) if offload else function(*args, **kwargs)
 
 
 def _dumps(payload: Any) -> bytes:
