@@ -14,7 +14,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,test,bench,openvino,ray]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,test,bench,openvino,ray,serve]"
 	touch $@
 
 checkpoints: $(CHECKPOINTS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,6 +181,46 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from bert_onnx.serve.server import serve
+        from bert_onnx.serve.settings import ServeSettings
+    except ImportError as exc:
+        raise ValueError(f"bert-onnx serve needs the serve extra: pip install 'bert-onnx[serve]' ({exc})") from exc
+    from bert_onnx.runtime import Encoder
+
+    api_key = None
+    if args.api_key_env is not None:
+        api_key = os.environ.get(args.api_key_env, "")
+        if not api_key.strip():
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or is empty")
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_padding=None if args.max_padding < 0 else args.max_padding,
+        api_key=api_key,
+    )
+    encoder = Encoder(
+        args.model_dir,
+        device=args.device,
+        threads=args.threads,
+        variant=args.variant,
+        backend=args.backend,
+        precision=args.precision,
+    )
+    recipe = _recipe(args, encoder.num_layers)
+
+    def listening(url: str) -> None:
+        print(f"bert-onnx: serving {encoder!r} on {url}", file=sys.stderr, flush=True)
+
+    serve(encoder, recipe, settings, listening=listening)
+    return 0
+
+
 def format_info(model_dir: Path, verify: bool) -> str:
     from bert_onnx.manifest import Manifest
 
@@ -338,6 +379,41 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_recipe_and_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe (what :func:`_recipe` reads) and engine options ``embed`` and ``serve`` share."""
+    parser.add_argument("--pooling", choices=POOLINGS, default="cls", help="default: cls")
+    parser.add_argument(
+        "--layers",
+        metavar="SPEC",
+        help="hidden states to pool instead of the last layer: ints and start:stop slices, e.g. --layers=-4: "
+        "(the last four; use '=' before a leading minus) or --layers 0,6,12",
+    )
+    parser.add_argument("--combine", choices=COMBINES, default="concat", help="how --layers are joined")
+    parser.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    parser.add_argument(
+        "--variant",
+        choices=("fp32", "opt", "int8", "fp16"),
+        help="which stored graph to run (default: what `bert-onnx tune` measured fastest here, else fp32; "
+        "see bert-onnx info)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("onnxruntime", "openvino"),
+        help="openvino compiles model.onnx with OpenVINO on the CPU (needs bert-onnx[openvino]; default: the tuned "
+        "choice's, else onnxruntime)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="with --backend openvino (default: the faster one `bert-onnx tune` measured here, else fp32)",
+    )
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
+    parser.add_argument("--max-length", type=int, help="tokens per text (default: the model's, 512)")
+    parser.add_argument("--no-truncation", action="store_true", help="fail on a text over --max-length tokens")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bert-onnx",
@@ -388,37 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--output", "-o", required=True, metavar="OUT.npy", help="where to save the array (--engine ray: a folder)"
     )
-    embed.add_argument("--pooling", choices=POOLINGS, default="cls", help="default: cls")
-    embed.add_argument(
-        "--layers",
-        metavar="SPEC",
-        help="hidden states to pool instead of the last layer: ints and start:stop slices, e.g. --layers=-4: "
-        "(the last four; use '=' before a leading minus) or --layers 0,6,12",
-    )
-    embed.add_argument("--combine", choices=COMBINES, default="concat", help="how --layers are joined")
-    embed.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
-    embed.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    embed.add_argument(
-        "--variant",
-        choices=("fp32", "opt", "int8", "fp16"),
-        help="which stored graph to run (default: what `bert-onnx tune` measured fastest here, else fp32; "
-        "see bert-onnx info)",
-    )
-    embed.add_argument(
-        "--backend",
-        choices=("onnxruntime", "openvino"),
-        help="openvino compiles model.onnx with OpenVINO on the CPU (needs bert-onnx[openvino]; default: the tuned "
-        "choice's, else onnxruntime)",
-    )
-    embed.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        help="with --backend openvino (default: the faster one `bert-onnx tune` measured here, else fp32)",
-    )
-    embed.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
-    embed.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
-    embed.add_argument("--max-length", type=int, help="tokens per text (default: the model's, 512)")
-    embed.add_argument("--no-truncation", action="store_true", help="fail on a text over --max-length tokens")
+    add_recipe_and_engine_arguments(embed)
     embed.add_argument(
         "--chunk-size", type=int, default=10_000, help="lines per saved chunk (default: 10000); memory use follows it"
     )
@@ -439,6 +485,52 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--actors", type=int, default=1, help="model replicas (default: 1)")
     ray_group.add_argument("--cpus-per-actor", type=int, default=1, help="ONNX Runtime threads each (default: 1)")
     embed.set_defaults(func=_embed)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve embeddings over HTTP (OpenAI-compatible), batching concurrent requests",
+        description="Serve DIR over HTTP: POST /v1/embeddings (OpenAI's API, with the recipe given here), /embed "
+        "(a recipe per request), /encode (hidden states), /tokenize; GET /health, /info, /metrics (Prometheus). "
+        "Concurrent requests are merged into length-sorted batches; every answer equals Encoder.embed of its "
+        "texts alone. SIGTERM or Ctrl-C stops accepting, answers every accepted request, and exits 0. Needs "
+        "bert-onnx[serve]. See docs/serve.md.",
+    )
+    serve.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="default: 8080; 0 picks a free port (printed)")
+    add_recipe_and_engine_arguments(serve)
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=8192,
+        help="padded tokens per batch (default: 8192; a longer text runs alone)",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long the batcher may wait for returning clients to fill a batch "
+        "(default: 2; a lone client never waits)",
+    )
+    serve.add_argument(
+        "--max-padding",
+        type=float,
+        default=0.25,
+        metavar="FRACTION",
+        help="close a batch before its padding passes this fraction of its real tokens (default: 0.25; "
+        "-1: fill batches to --batch-size and --max-batch-tokens whatever their padding)",
+    )
+    serve.add_argument(
+        "--max-queue", type=int, default=4096, help="texts in flight before new requests get 429 (default: 4096)"
+    )
+    serve.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="require 'Authorization: Bearer KEY' (all routes but /health), KEY read from environment variable NAME",
+    )
+    serve.set_defaults(func=_serve)
 
     info = commands.add_parser("info", help="show a model folder's manifest", description="Show DIR's manifest.")
     info.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")

@@ -12,19 +12,33 @@ from collections.abc import Iterator, Sequence
 from bert_onnx.runtime.tokenizer import TokenizedBatch, Tokenizer
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int, max_padding: float | None = None
+) -> Iterator[list[int]]:
     """Indices into ``lengths``, grouped: longest first, each group at most ``batch_size`` rows and at most
     ``max_tokens`` padded tokens (its longest row times its rows; a row longer than the budget goes alone).
 
     Similar lengths share a batch, so little is padding; the longest batch comes first, so memory peaks early.
+    ``max_padding`` (e.g. 0.25) also closes a group before its padding would pass that fraction of its real
+    tokens: a server batching the few texts in flight at one moment gets groups of similar length (smaller, but
+    with little padding) instead of full groups whose lengths differ widely. ``None``: groups are as full as the
+    two budgets allow (what ``Encoder.embed`` does, sorting thousands of texts at a time).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     start = 0
     while start < len(order):
         width = max(1, lengths[order[start]])  # the group's longest row: its first
-        rows = order[start : start + max(1, min(batch_size, max_tokens // width))]
-        start += len(rows)
-        yield rows
+        limit = max(1, min(batch_size, max_tokens // width))
+        rows = 1
+        real = lengths[order[start]]
+        while rows < limit and start + rows < len(order):
+            length = lengths[order[start + rows]]
+            if max_padding is not None and (rows + 1) * width > (1 + max_padding) * (real + length):
+                break
+            real += length
+            rows += 1
+        yield order[start : start + rows]
+        start += rows
 
 
 def tokenized_batches(

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from tokenizers import Encoding
@@ -21,6 +21,17 @@ from bert_onnx.runtime.inputs import check_texts
 
 Padding = Literal["longest", "max_length"]
 PADDINGS: tuple[str, ...] = ("longest", "max_length")
+
+
+class TokenIds(Protocol):
+    """What padding reads from one text's tokens: a ``tokenizers.Encoding``, or ids a caller built itself (a server
+    taking token-id input wraps them in [CLS] ... [SEP] without a tokenizer call)."""
+
+    @property
+    def ids(self) -> Sequence[int]: ...
+
+    @property
+    def type_ids(self) -> Sequence[int]: ...
 
 
 class TextTooLongError(ValueError):
@@ -152,7 +163,7 @@ class Tokenizer:
         """Tokens of each text with [CLS]/[SEP], untruncated."""
         return [len(e.ids) for e in self._backend.encode_batch(list(texts))]
 
-    def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> TokenizedBatch:
+    def pad(self, encodings: Sequence[TokenIds], padding: Padding, max_length: int) -> TokenizedBatch:
         """Right-pad encodings into (batch, sequence) int64 arrays."""
         if padding not in PADDINGS:
             raise ValueError(f"padding={padding!r} is not one of {', '.join(PADDINGS)}")
