@@ -59,6 +59,21 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
+def _encoder_and_recipe(args: argparse.Namespace) -> tuple[Any, EmbedRecipe]:
+    """The Encoder and the recipe the shared engine and recipe flags (``embed``, ``serve``) ask for."""
+    from bert_onnx.runtime import Encoder
+
+    encoder = Encoder(
+        args.model_dir,
+        device=args.device,
+        threads=args.threads,
+        variant=args.variant,
+        backend=args.backend,
+        precision=args.precision,
+    )
+    return encoder, _recipe(args, encoder.num_layers)
+
+
 def _recipe(args: argparse.Namespace, num_layers: int) -> EmbedRecipe:
     """The one recipe both engines run, from the command line (checked against the model's layers)."""
     recipe = EmbedRecipe(
@@ -127,7 +142,6 @@ def _embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bert_onnx import jobs
-    from bert_onnx.runtime import Encoder
 
     if args.engine == "ray":
         return _embed_ray(args)
@@ -149,15 +163,7 @@ def _embed(args: argparse.Namespace) -> int:
     if not from_stdin and not source.is_file():
         raise ValueError(f"--input {source}: No such file")
     count = None if from_stdin else jobs.scan(source)[1]
-    encoder = Encoder(
-        args.model_dir,
-        device=args.device,
-        threads=args.threads,
-        variant=args.variant,
-        backend=args.backend,
-        precision=args.precision,
-    )
-    recipe = _recipe(args, encoder.num_layers)
+    encoder, recipe = _encoder_and_recipe(args)
     with tqdm(total=count, unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
         try:
             rows, dim = jobs.embed_file(
@@ -187,7 +193,6 @@ def _serve(args: argparse.Namespace) -> int:
         from bert_onnx.serve.settings import ServeSettings
     except ImportError as exc:
         raise ValueError(f"bert-onnx serve needs the serve extra: pip install 'bert-onnx[serve]' ({exc})") from exc
-    from bert_onnx.runtime import Encoder
 
     api_key = None
     if args.api_key_env is not None:
@@ -204,15 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_padding=None if args.max_padding < 0 else args.max_padding,
         api_key=api_key,
     )
-    encoder = Encoder(
-        args.model_dir,
-        device=args.device,
-        threads=args.threads,
-        variant=args.variant,
-        backend=args.backend,
-        precision=args.precision,
-    )
-    recipe = _recipe(args, encoder.num_layers)
+    encoder, recipe = _encoder_and_recipe(args)
 
     def listening(url: str) -> None:
         print(f"bert-onnx: serving {encoder!r} on {url}", file=sys.stderr, flush=True)
