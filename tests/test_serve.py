@@ -189,6 +189,7 @@ def test_info_health_tokenize_encode_and_metrics(tiny: Server, tiny_encoder: Enc
 
     info = call(tiny, "GET", "/info").json()
     assert (info["variant"], info["backend"], info["layers"], info["dim"]) == ("fp32", "onnxruntime", 2, 32)
+    assert info["picked_by"].startswith("default (no tuned profile for this machine")
     assert info["machine"]["isa"] == machine.describe()["isa"]
     assert info["manifest"]["outputs"] == json.loads(tiny_encoder.manifest.to_json())["outputs"]
     assert info["settings"]["host"] == "127.0.0.1" and info["settings"]["api_key"] is False

@@ -387,6 +387,7 @@ class EmbeddingServer:
                 "variant": enc.variant,
                 "backend": enc.backend,
                 "precision": enc.precision,
+                "picked_by": enc.picked_by,  # the tuned profile's pick, "asked for", or the default and why
                 "device": enc.device,
                 "layers": enc.num_layers,
                 "hidden_size": enc.hidden_size,
