@@ -38,7 +38,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,8 +45,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from benchmarks.results_io import write_results
+from bert_onnx import machine
 
 BATCH = 32
+SERVER_PACKAGES = ("onnxruntime", "starlette", "uvicorn", "uvloop", "httptools")
 HEAD_END = b"\r\n\r\n"
 
 
@@ -235,22 +236,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["offline_batch1_p50_ms"] = percentile(offline_latency, 50) * 1000
                 row["p50_overhead_ms"] = row["p50_ms"] - row["offline_batch1_p50_ms"]
             rows.append(row)
+    installed = machine.installed_versions(SERVER_PACKAGES)
     return {
         "model": {"dir": str(args.model_dir), "variant": encoder.variant, "label": args.label},
         "threads": args.threads,
         "server_args": args.server_args,
         "peers": {"engines": args.peer, "note": args.peer_note},
-        "versions": {p: _version(p) for p in ("onnxruntime", "starlette", "uvicorn", "uvloop", "httptools")},
+        "versions": {p: installed.get(p) for p in SERVER_PACKAGES},
         "corpus": "pydoc_data.topics paragraphs (Python reference documentation)",
         "rows": rows,
     }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

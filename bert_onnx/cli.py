@@ -280,12 +280,14 @@ def _progress_bar(args: argparse.Namespace, total: int, desc: str) -> Any:
 
 
 def _step(bar: Any) -> Any:
-    first = [True]
+    """A progress callback: each step names itself on ``bar`` and counts the one before it as done."""
+    started = False
 
     def step(message: str) -> None:
-        if not first[0]:
+        nonlocal started
+        if started:
             bar.update(1)
-        first[0] = False
+        started = True
         bar.set_postfix_str(message)
 
     return step
@@ -310,9 +312,14 @@ def _outcomes_json(args: argparse.Namespace, outcomes: Sequence[Any], **extra: A
     )
 
 
-def _failures(outcomes: Sequence[Any]) -> str:
+def _exit_status(outcomes: Sequence[Any], what: str) -> int:
+    """1, after one error line naming each choice that failed its gate here and the checks it failed; else 0."""
     failed = [o for o in outcomes if o.skipped is None and not o.passed]
-    return "; ".join(f"{o.name} ({', '.join(f'{c.name} {c.value:.4g}' for c in o.record.failures)})" for o in failed)
+    if not failed:
+        return 0
+    named = "; ".join(f"{o.name} ({', '.join(f'{c.name} {c.value:.4g}' for c in o.record.failures)})" for o in failed)
+    print(f"bert-onnx: error: {what}: {named}", file=sys.stderr)
+    return 1
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -333,11 +340,7 @@ def _verify(args: argparse.Namespace) -> int:
             else:
                 assert outcome.record is not None
                 print(f"\n{outcome.name}: {outcome.status}; gate: {outcome.record.gate}\n{outcome.record.table()}")
-    failed = _failures(outcomes)
-    if failed:
-        print(f"bert-onnx: error: failed its gate here: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(outcomes, "failed its gate here")
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -369,11 +372,7 @@ def _tune(args: argparse.Namespace) -> int:
             print(line.rstrip())
         print(f"\nprofile saved to {path}")
         print(f"Encoder({args.model_dir!r}) now runs {pick.name or 'fp32'} on this machine: {pick.reason}")
-    failed = _failures(outcomes)
-    if failed:
-        print(f"bert-onnx: error: failed its gate here (not picked): {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(outcomes, "failed its gate here (not picked)")
 
 
 def add_recipe_and_engine_arguments(parser: argparse.ArgumentParser) -> None:

@@ -60,15 +60,27 @@ def selection(name: str, value: np.ndarray, attention_mask: np.ndarray, short_ro
     return value[keep]
 
 
+def real_tokens(outputs: Mapping[str, np.ndarray], attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Every real token of every output (``pooler_output``: every row): what the export's gates compare."""
+    rows = attention_mask.shape[0]
+    return {name: selection(name, value, attention_mask, short_rows=rows) for name, value in outputs.items()}
+
+
+def max_abs_diffs(expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Max abs difference per output between same-shaped selections, in float64."""
+    return {
+        name: float(np.abs(actual[name].astype(np.float64) - ref.astype(np.float64)).max())
+        for name, ref in expected.items()
+    }
+
+
 def max_abs_checks(
     expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], tolerance: float = interface.FP32_TOLERANCE
 ) -> tuple[Check, ...]:
-    """Max abs difference per output (same-shaped selections), each against ``tolerance``."""
-    checks = []
-    for name, ref in expected.items():
-        diff = np.abs(actual[name].astype(np.float64) - ref.astype(np.float64))
-        checks.append(Check(f"{name} max abs diff", float(diff.max()), tolerance))
-    return tuple(checks)
+    """:func:`max_abs_diffs`, each against ``tolerance``."""
+    return tuple(
+        Check(f"{name} max abs diff", diff, tolerance) for name, diff in max_abs_diffs(expected, actual).items()
+    )
 
 
 def cosine_checks(

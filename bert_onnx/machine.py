@@ -1,4 +1,5 @@
-"""This CPU: its model name and the instruction sets that decide which kernels can run.
+"""This machine: its CPU's model name, the instruction sets that decide which kernels can run, and the installed
+versions of the libraries that run them.
 
 Which int8 and bf16 kernels ONNX Runtime, OpenVINO and PyTorch use, and how int8 rounds, depends on VNNI,
 AVX512_BF16 and AMX; cloud VMs often hide some of the host CPU's, so what is recorded is what this one shows.
@@ -7,8 +8,11 @@ Gates recorded at export and benchmark results both carry this description. Impo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,16 @@ ISA_FLAGS = (
     "amx_bf16",
     "amx_int8",
 )
+
+
+def installed_versions(packages: Iterable[str]) -> dict[str, str]:
+    """The installed version of each of ``packages`` that is installed, read from package metadata (nothing is
+    imported)."""
+    versions = {}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return versions
 
 
 def _cpuinfo(key: str) -> str | None:

@@ -8,7 +8,6 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,8 @@ DEFAULT_MODEL = "bert-base-uncased"
 
 
 def _versions() -> dict[str, str]:
-    versions = {"bert-onnx": __version__, "python": platform.python_version()}
-    for package in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "openvino"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    packages = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "openvino")
+    return {"bert-onnx": __version__, "python": platform.python_version(), **machine.installed_versions(packages)}
 
 
 _log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from bert_onnx import interface
+from bert_onnx.gates import max_abs_diffs, real_tokens
 from bert_onnx.manifest import OutputParity, ParityReport
 from bert_onnx.runtime.session import create_session
 
@@ -55,18 +56,14 @@ def compare(
     attention_mask: np.ndarray,
     tolerance: float = interface.FP32_TOLERANCE,
 ) -> tuple[OutputParity, ...]:
-    """Max abs diff per output over the non-padded positions (padded positions are undefined in BERT)."""
-    keep = attention_mask.astype(bool)  # (B, T)
-    results = []
+    """Max abs diff per output over the non-padded positions of every row (padded positions are undefined in
+    BERT)."""
     for name, expected in reference.items():
-        actual = candidate[name]
-        if actual.shape != expected.shape:
-            raise ValueError(f"{name}: shape {actual.shape} differs from PyTorch's {expected.shape}")
-        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-        if name != interface.POOLER_OUTPUT:
-            diff = diff[keep]  # (tokens, H)
-        results.append(OutputParity(name=name, max_abs_diff=float(diff.max()), tolerance=tolerance))
-    return tuple(results)
+        if candidate[name].shape != expected.shape:
+            raise ValueError(f"{name}: shape {candidate[name].shape} differs from PyTorch's {expected.shape}")
+    actual = {name: candidate[name] for name in reference}
+    diffs = max_abs_diffs(real_tokens(reference, attention_mask), real_tokens(actual, attention_mask))
+    return tuple(OutputParity(name=name, max_abs_diff=diff, tolerance=tolerance) for name, diff in diffs.items())
 
 
 def torch_outputs(model: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

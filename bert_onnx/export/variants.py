@@ -35,7 +35,7 @@ from bert_onnx.gates import (
     OPENVINO_BF16_MIN_TOKEN_COSINE,
     cosine_checks,
     int8_checks,
-    selection,
+    real_tokens,
     sentence_embeddings,
 )
 from bert_onnx.manifest import ParityReport, VariantRecord
@@ -205,11 +205,6 @@ def _drop_duplicate_nodes(model: Any) -> None:
         model.graph.node.extend(kept)
 
 
-def _all_tokens(outputs: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Every real token of every output (pooler_output: every row), as the export gates compare them."""
-    return {name: selection(name, value, mask, short_rows=mask.shape[0]) for name, value in outputs.items()}
-
-
 def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> VariantRecord:
     batch, description, expected, actual = run_both(model, target, tokenizer, max_length, device="cuda")
     return VariantRecord(
@@ -217,8 +212,8 @@ def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> Vari
         devices=interface.VARIANT_DEVICES["fp16"],
         gate=f"per-token cosine to PyTorch fp32 on CUDA, non-padded positions ({description})",
         checks=cosine_checks(
-            _all_tokens(expected, batch["attention_mask"]),
-            _all_tokens(actual, batch["attention_mask"]),
+            real_tokens(expected, batch["attention_mask"]),
+            real_tokens(actual, batch["attention_mask"]),
             FP16_MIN_TOKEN_COSINE,
         ),
     )
@@ -249,8 +244,8 @@ def gate_openvino(model: Any, fp32_path: Path, tokenizer: Any, max_length: int, 
         devices=interface.VARIANT_DEVICES[name],
         gate=f"OpenVINO bf16: per-token cosine to PyTorch fp32, non-padded positions ({description})",
         checks=cosine_checks(
-            _all_tokens(expected, batch["attention_mask"]),
-            _all_tokens(actual, batch["attention_mask"]),
+            real_tokens(expected, batch["attention_mask"]),
+            real_tokens(actual, batch["attention_mask"]),
             OPENVINO_BF16_MIN_TOKEN_COSINE,
         ),
     )

@@ -166,7 +166,7 @@ class Encoder:
 
     def _choose_variant(self, variant: str | None, device: str) -> str:
         stored = self.manifest.variants
-        clipped = self._int8_clips_here()
+        clipped = int8_clips_here(self.manifest)
         if variant is None:  # OpenVINO: it compiles model.onnx
             return "fp32"
         if variant in interface.OPENVINO_VARIANTS.values():
@@ -187,9 +187,6 @@ class Encoder:
         if variant == "int8" and clipped:
             warnings.warn(f"bert-onnx: int8's export gate does not hold here: {clipped}", stacklevel=3)
         return variant
-
-    def _int8_clips_here(self) -> str | None:
-        return int8_clips_here(self.manifest)
 
     @property
     def choice(self) -> str:

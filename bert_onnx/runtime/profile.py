@@ -21,7 +21,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +83,8 @@ def library_versions() -> dict[str, str | None]:
     from its package metadata, without importing it) versions."""
     import onnxruntime
 
-    versions: dict[str, str | None] = {"bert-onnx": __version__, "onnxruntime": onnxruntime.__version__}
-    try:
-        versions["openvino"] = metadata.version("openvino")
-    except metadata.PackageNotFoundError:
-        versions["openvino"] = None
-    return versions
+    openvino = machine.installed_versions(["openvino"]).get("openvino")
+    return {"bert-onnx": __version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino}
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:

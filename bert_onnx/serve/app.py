@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from importlib import metadata
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -374,12 +373,8 @@ class EmbeddingServer:
         enc = self.encoder
         settings = {k: v for k, v in asdict(self.settings).items() if k != "api_key"}
         settings["api_key"] = self.settings.api_key is not None
-        versions = {"bert-onnx": __version__}
-        for package in ("onnxruntime", "openvino", "starlette", "uvicorn", "prometheus-client"):
-            try:
-                versions[package] = metadata.version(package)
-            except metadata.PackageNotFoundError:
-                continue
+        packages = ("onnxruntime", "openvino", "starlette", "uvicorn", "prometheus-client")
+        versions = {"bert-onnx": __version__, **machine.installed_versions(packages)}
         return _json(
             {
                 "model": self.model_name,
