@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_onnx import __version__
+from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS
 from bert_onnx.runtime.recipe import EmbedRecipe
 
@@ -48,14 +49,14 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
             if ":" in part:
                 bounds = [int(b) if b.strip() else None for b in part.split(":")]
                 if len(bounds) > 3:
-                    raise ValueError(part)
+                    raise InvalidValueError(part)
                 layers.extend(indices[slice(*bounds)])
             else:
                 layers.append(int(part))
         except ValueError as exc:
-            raise ValueError(f"--layers {spec!r}: {part!r} is not an int or a start:stop slice") from exc
+            raise InvalidValueError(f"--layers {spec!r}: {part!r} is not an int or a start:stop slice") from exc
     if not layers:
-        raise ValueError(f"--layers {spec!r} selects no hidden state (this model has 0..{num_layers})")
+        raise InvalidValueError(f"--layers {spec!r} selects no hidden state (this model has 0..{num_layers})")
     return layers
 
 
@@ -97,15 +98,15 @@ def _embed_ray(args: argparse.Namespace) -> int:
 
         from bert_onnx.integrations.ray import embed_to_parquet
     except ImportError as exc:
-        raise ValueError(f"--engine ray needs Ray Data: pip install 'bert-onnx[ray]' ({exc})") from exc
+        raise InvalidValueError(f"--engine ray needs Ray Data: pip install 'bert-onnx[ray]' ({exc})") from exc
     if args.backend not in (None, "onnxruntime") or args.device != "cpu":
-        raise ValueError("--engine ray runs the ONNX Runtime CPU backend; drop --backend/--device")
+        raise InvalidValueError("--engine ray runs the ONNX Runtime CPU backend; drop --backend/--device")
     output = Path(args.output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output}: with --engine ray, give a folder for the Parquet parts")
+        raise InvalidValueError(f"--output {output}: with --engine ray, give a folder for the Parquet parts")
     for name in ("actors", "cpus_per_actor", "chunk_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive number")
+            raise InvalidValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive number")
     model_dir = Path(args.model_dir)
     from bert_onnx.manifest import Manifest
 
@@ -146,22 +147,22 @@ def _embed(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _embed_ray(args)
     if args.address is not None:
-        raise ValueError("--address needs --engine ray")
+        raise InvalidValueError("--address needs --engine ray")
     output = Path(args.output)
     if not output.parent.is_dir():
-        raise ValueError(f"--output {output}: folder {output.parent} does not exist")
+        raise InvalidValueError(f"--output {output}: folder {output.parent} does not exist")
     if output.is_dir():
-        raise ValueError(f"--output {output} is a folder; give a file name such as {output / 'embeddings.npy'}")
+        raise InvalidValueError(f"--output {output} is a folder; give a file name such as {output / 'embeddings.npy'}")
     if args.chunk_size < 1:
-        raise ValueError(f"--chunk-size {args.chunk_size} must be a positive number of lines")
+        raise InvalidValueError(f"--chunk-size {args.chunk_size} must be a positive number of lines")
     from_stdin = args.input == "-"
     if from_stdin and args.resume:
-        raise ValueError("--resume needs --input FILE: standard input cannot be read a second time")
+        raise InvalidValueError("--resume needs --input FILE: standard input cannot be read a second time")
     source = Path(args.input)
     if not from_stdin and source.is_dir():
-        raise ValueError(f"--input {source}: Is a directory")
+        raise InvalidValueError(f"--input {source}: Is a directory")
     if not from_stdin and not source.is_file():
-        raise ValueError(f"--input {source}: No such file")
+        raise InvalidValueError(f"--input {source}: No such file")
     count = None if from_stdin else jobs.scan(source)[1]
     encoder, recipe = _encoder_and_recipe(args)
     with tqdm(total=count, unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
@@ -176,7 +177,7 @@ def _embed(args: argparse.Namespace) -> int:
                 progress=bar.update,
             )
         except jobs.LineTooLongError as exc:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{exc.source}: line {exc.line} is {exc.length} tokens long, over --max-length {exc.max_length}; "
                 "turn truncation on (drop --no-truncation) to cut such lines"
             ) from None
@@ -192,13 +193,17 @@ def _serve(args: argparse.Namespace) -> int:
         from bert_onnx.serve.server import serve
         from bert_onnx.serve.settings import ServeSettings
     except ImportError as exc:
-        raise ValueError(f"bert-onnx serve needs the serve extra: pip install 'bert-onnx[serve]' ({exc})") from exc
+        raise InvalidValueError(
+            f"bert-onnx serve needs the serve extra: pip install 'bert-onnx[serve]' ({exc})"
+        ) from exc
 
     api_key = None
     if args.api_key_env is not None:
         api_key = os.environ.get(args.api_key_env, "")
         if not api_key.strip():
-            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or is empty")
+            raise InvalidValueError(
+                f"--api-key-env {args.api_key_env}: that environment variable is not set or is empty"
+            )
     settings = ServeSettings(
         host=args.host,
         port=args.port,
@@ -347,7 +352,7 @@ def _tune(args: argparse.Namespace) -> int:
     from bert_onnx import tuning
 
     if args.rounds < 1 or args.texts < 1:
-        raise ValueError(f"--rounds {args.rounds} and --texts {args.texts} must be positive")
+        raise InvalidValueError(f"--rounds {args.rounds} and --texts {args.texts} must be positive")
     _, total = tuning.steps(args.model_dir, args.device, args.rounds)
     with _progress_bar(args, total, "tuning") as bar:
         outcomes, path, pick = tuning.tune(
@@ -585,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bert-onnx: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        # ExportError, ParityError, ModelFolderError and ProviderError are among these.
+    except (BertOnnxError, OSError) as exc:
+        # What bert-onnx refused (bad input, a damaged folder, a failed gate) or the system refused (a missing
+        # file, a full disk): one line. Anything else is a bug and keeps its traceback.
         print(f"bert-onnx: error: {exc}", file=sys.stderr)
         return 1

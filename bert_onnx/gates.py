@@ -28,6 +28,7 @@ import numpy as np
 
 from bert_onnx import interface
 from bert_onnx._files import atomic_write
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.manifest import Check, ModelFolderError
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.recipe import EmbedRecipe
@@ -110,7 +111,7 @@ def sentence_embeddings(texts: Sequence[str], tokenizer: Tokenizer, forward: For
             result = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
         result[rows] = pooled
     if result is None:
-        raise ValueError("no texts to embed")
+        raise InvalidValueError("no texts to embed")
     return result
 
 
@@ -280,4 +281,4 @@ def measure(
         return cosine_checks(references.outputs, actual, OPENVINO_BF16_MIN_TOKEN_COSINE)
     if choice in ("fp32", "opt", "openvino-fp32"):
         return max_abs_checks(references.outputs, actual)
-    raise ValueError(f"no gate for {choice!r}")
+    raise InvalidValueError(f"no gate for {choice!r}")

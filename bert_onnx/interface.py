@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from bert_onnx.errors import InvalidValueError
+
 # Axis index -> symbolic name, per tensor. Sequence outputs are (batch, sequence, hidden); pooler is (batch, hidden).
 SEQUENCE_AXES: Mapping[int, str] = {0: "batch", 1: "sequence"}
 BATCH_AXES: Mapping[int, str] = {0: "batch"}
@@ -64,7 +66,7 @@ def hidden_state_name(index: int) -> str:
 def output_names(num_layers: int) -> tuple[str, ...]:
     """All graph outputs, in graph order: last_hidden_state, pooler_output, hidden_states.0 … hidden_states.N."""
     if num_layers < 1:
-        raise ValueError(f"num_layers={num_layers} must be at least 1")
+        raise InvalidValueError(f"num_layers={num_layers} must be at least 1")
     return (LAST_HIDDEN_STATE, POOLER_OUTPUT, *(hidden_state_name(i) for i in range(num_layers + 1)))
 
 

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 import numpy as np
 
 from bert_onnx._files import atomic_write, atomic_write_text
+from bert_onnx.errors import IncompleteRunError, InvalidValueError
 from bert_onnx.manifest import sha256_file
 from bert_onnx.runtime.recipe import EmbedRecipe
 
@@ -43,7 +44,7 @@ INDEX_VERSION = 2
 DEFAULT_CHUNK_SIZE = 10_000
 
 
-class LineTooLongError(ValueError):
+class LineTooLongError(InvalidValueError):
     """A line of the input has more tokens than the recipe's ``max_length``, and truncation is off."""
 
     def __init__(self, source: str, line: int, length: int, max_length: int) -> None:
@@ -54,7 +55,7 @@ class LineTooLongError(ValueError):
         self.source, self.line, self.length, self.max_length = source, line, length, max_length
 
 
-class ResumeError(ValueError):
+class ResumeError(InvalidValueError):
     """A job's folder does not match this job, or cannot be resumed."""
 
 
@@ -130,9 +131,9 @@ class PartStore:
         try:
             body = json.loads(store.index_path.read_text())
             if body.get("format") != INDEX_FORMAT or body.get("version") != INDEX_VERSION:
-                raise ValueError(f"not a {INDEX_FORMAT} v{INDEX_VERSION} index")
+                raise InvalidValueError(f"not a {INDEX_FORMAT} v{INDEX_VERSION} index")
             if body.get("suffix") != suffix:
-                raise ValueError(f"its parts are {body.get('suffix')} files, this job writes {suffix}")
+                raise InvalidValueError(f"its parts are {body.get('suffix')} files, this job writes {suffix}")
             stored, done = body["settings"], {int(k): v for k, v in body["parts"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ResumeError(
@@ -191,7 +192,7 @@ def read_lines(handle: BinaryIO | IO[bytes], source: str, digest: Any = None) ->
         try:
             yield line.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{source}: line {number} is not valid UTF-8 ({exc.reason})") from exc
+            raise InvalidValueError(f"{source}: line {number} is not valid UTF-8 ({exc.reason})") from exc
 
 
 def chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -216,7 +217,7 @@ def _assemble(store: PartStore, count: int, dim: int, output: Path) -> None:
     """Stream every part, in order, into one ``(count, dim)`` float32 ``.npy`` at ``output``."""
     numbers = range(len(store.done))
     if sorted(store.done) != list(numbers) or store.rows != count:
-        raise RuntimeError(f"{store.folder}: parts {sorted(store.done)} do not cover the {count} input lines")
+        raise IncompleteRunError(f"{store.folder}: parts {sorted(store.done)} do not cover the {count} input lines")
 
     def write(handle: IO[bytes]) -> None:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
@@ -224,7 +225,9 @@ def _assemble(store: PartStore, count: int, dim: int, output: Path) -> None:
         for number in numbers:
             part = np.load(store.part_path(number), mmap_mode="r")
             if part.dtype != np.float32 or part.ndim != 2 or part.shape[1] != dim:
-                raise RuntimeError(f"{store.part_path(number)}: shape {part.shape} {part.dtype} is not (n, {dim})")
+                raise IncompleteRunError(
+                    f"{store.part_path(number)}: shape {part.shape} {part.dtype} is not (n, {dim})"
+                )
             handle.write(np.ascontiguousarray(part).tobytes())
 
     atomic_write(output, write)
@@ -253,12 +256,12 @@ def embed_file(
 
     recipe = EmbedRecipe() if recipe is None else recipe
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of lines")
+        raise InvalidValueError(f"chunk_size={chunk_size!r} must be a positive number of lines")
     output = Path(output)
     path = Path(source) if isinstance(source, str | Path) else None
     name = "<stdin>" if path is None else str(path)
     if path is None and resume:
-        raise ValueError("resuming needs an input file: a stream cannot be read a second time")
+        raise InvalidValueError("resuming needs an input file: a stream cannot be read a second time")
     input_sha256, count = (None, None) if path is None else scan(path)
     if not isinstance(encoder, Encoder):
         encoder = Encoder(encoder)
@@ -300,7 +303,7 @@ def embed_file(
                     store.add(number, len(texts), _npy_writer(vectors))
                 read += len(texts)
         if count is not None and (read != count or digest.hexdigest() != input_sha256):
-            raise RuntimeError(f"{name} changed while it was read; delete {folder} and run again")
+            raise IncompleteRunError(f"{name} changed while it was read; delete {folder} and run again")
     except BaseException:  # an error or an interrupt: keep what finished
         if store.done:
             log.info("%d finished part(s) are kept in %s", len(store.done), folder)

@@ -14,13 +14,14 @@ from typing import Any
 
 from bert_onnx import interface
 from bert_onnx._files import atomic_write_text
+from bert_onnx.errors import BertOnnxError
 
 FORMAT = "bert-onnx"
 # Bump when a reader of the previous version would misread the folder.
 FORMAT_VERSION = 1
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(BertOnnxError, ValueError):
     """A model folder is missing a file, has a corrupt or tampered file, or a manifest we cannot read."""
 
 

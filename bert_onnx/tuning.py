@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_onnx import gates, interface, machine
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.gates import References
 from bert_onnx.manifest import Manifest, ModelFolderError, VariantRecord
 from bert_onnx.runtime import profile
@@ -190,7 +191,7 @@ def tune(
     (length-sorted batches, as ``Encoder.embed`` runs them) and on one short text, interleaved over ``rounds``,
     and save this machine's profile. Returns the outcomes, the profile's path, and what ``Encoder`` now picks."""
     if not isinstance(rounds, int) or rounds < 1 or not isinstance(sample, int) or sample < 1:
-        raise ValueError(f"rounds={rounds!r} and sample={sample!r} must be positive ints")
+        raise InvalidValueError(f"rounds={rounds!r} and sample={sample!r} must be positive ints")
     model_dir = Path(model_dir)
     manifest, references, outcomes, passing = _gated(model_dir, device, threads, progress)
     texts = list(references.texts[:sample])

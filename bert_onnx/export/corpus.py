@@ -11,6 +11,8 @@ import random
 import re
 from functools import lru_cache
 
+from bert_onnx.errors import InvalidValueError
+
 
 @lru_cache(maxsize=1)
 def documentation_paragraphs(min_words: int = 5, max_words: int = 128) -> tuple[str, ...]:
@@ -34,6 +36,6 @@ def split(count: int, calibration: int = 0, seed: int = 0) -> tuple[list[str], l
     """Disjoint (evaluation, calibration) samples, so a gate is never measured on the data it was tuned on."""
     paragraphs = list(documentation_paragraphs())
     if count + calibration > len(paragraphs):
-        raise ValueError(f"asked for {count + calibration} texts; the corpus has {len(paragraphs)}")
+        raise InvalidValueError(f"asked for {count + calibration} texts; the corpus has {len(paragraphs)}")
     random.Random(seed).shuffle(paragraphs)
     return paragraphs[:count], paragraphs[count : count + calibration]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from bert_onnx.errors import BertOnnxError
 from bert_onnx.manifest import ParityReport, VariantRecord
 
 
-class ExportError(RuntimeError):
+class ExportError(BertOnnxError, RuntimeError):
     """The checkpoint cannot be found, loaded or exported."""
 
 

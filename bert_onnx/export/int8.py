@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bert_onnx.errors import InvalidValueError
+
 MS_DOMAIN = "com.microsoft"
 _EPS = np.float32(1e-30)  # an all-zero row gets scale 1e-30/127, quantizes to zeros and stays zero
 
@@ -86,7 +88,7 @@ def quantize_per_row(
     candidates = quantizable_matmuls(model)
     unknown = set(float_nodes) - {m.name for m in candidates}
     if unknown:
-        raise ValueError(f"float_nodes names no quantizable MatMul: {', '.join(sorted(unknown))}")
+        raise InvalidValueError(f"float_nodes names no quantizable MatMul: {', '.join(sorted(unknown))}")
     groups: dict[str, list[QuantizedMatMul]] = {}  # input tensor -> the MatMuls reading it, in graph order
     for matmul in candidates:
         if matmul.name not in float_nodes:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from bert_onnx import interface
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.gates import max_abs_diffs, real_tokens
 from bert_onnx.manifest import OutputParity, ParityReport
 from bert_onnx.runtime.session import create_session
@@ -60,7 +61,7 @@ def compare(
     BERT)."""
     for name, expected in reference.items():
         if candidate[name].shape != expected.shape:
-            raise ValueError(f"{name}: shape {candidate[name].shape} differs from PyTorch's {expected.shape}")
+            raise InvalidValueError(f"{name}: shape {candidate[name].shape} differs from PyTorch's {expected.shape}")
     actual = {name: candidate[name] for name in reference}
     diffs = max_abs_diffs(real_tokens(reference, attention_mask), real_tokens(actual, attention_mask))
     return tuple(OutputParity(name=name, max_abs_diff=diff, tolerance=tolerance) for name, diff in diffs.items())

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_onnx.errors import IncompleteRunError, InvalidTypeError, InvalidValueError
 from bert_onnx.runtime.encoder import Encoder
 from bert_onnx.runtime.inputs import check_texts
 from bert_onnx.runtime.recipe import EmbedRecipe
@@ -84,7 +85,7 @@ class RayEmbedder:
         **fields: Any,
     ) -> None:
         if recipe is not None and fields:
-            raise TypeError(f"pass recipe= or its fields ({', '.join(fields)}), not both")
+            raise InvalidTypeError(f"pass recipe= or its fields ({', '.join(fields)}), not both")
         self.recipe = EmbedRecipe(**fields) if recipe is None else recipe
         # fp32 unless told: actors on different machines must not each follow their own tuned profile.
         self.encoder = Encoder(model_dir, threads=threads or _actor_cpus(), variant=variant or "fp32")
@@ -145,12 +146,12 @@ def read_input(path: Path, text_column: str, id_column: str) -> Any:
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise ValueError(f"--input {path}: No such file")
+        raise InvalidValueError(f"--input {path}: No such file")
     if path.suffix.lower() == ".parquet":
         schema = pq.read_schema(path)
         missing = [c for c in (id_column, text_column) if c not in schema.names]
         if missing:
-            raise ValueError(f"{path}: no column(s) {', '.join(missing)} (it has {', '.join(schema.names)})")
+            raise InvalidValueError(f"{path}: no column(s) {', '.join(missing)} (it has {', '.join(schema.names)})")
         table = pq.read_table(path, columns=[id_column, text_column])
         ids, raw = table.column(id_column), table.column(text_column).to_pylist()
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -162,14 +163,14 @@ def read_input(path: Path, text_column: str, id_column: str) -> Any:
                 try:
                     row = json.loads(line)
                 except ValueError as exc:
-                    raise ValueError(f"{path}: line {number} is not JSON ({exc})") from exc
+                    raise InvalidValueError(f"{path}: line {number} is not JSON ({exc})") from exc
                 if not isinstance(row, dict) or id_column not in row:
-                    raise ValueError(f"{path}: line {number} has no {id_column!r} field")
+                    raise InvalidValueError(f"{path}: line {number} has no {id_column!r} field")
                 ids_list.append(row[id_column])
                 raw.append(row.get(text_column))
         ids = pa.array(ids_list)
     else:
-        raise ValueError(f"--input {path}: expected a .parquet or .jsonl file")
+        raise InvalidValueError(f"--input {path}: expected a .parquet or .jsonl file")
     texts, errors = zip(*map(_clean, raw), strict=True) if raw else ((), ())
     return pa.table(
         {
@@ -285,5 +286,5 @@ def embed_to_parquet(
         part = pq.read_table(store.part_path(number), columns=[id_column, ERROR_COLUMN]).to_pylist()
         bad += [(row[id_column], row[ERROR_COLUMN]) for row in part if row[ERROR_COLUMN] is not None]
     if store.rows != table.num_rows:
-        raise RuntimeError(f"{output}: {store.rows} rows written for {table.num_rows} input rows")
+        raise IncompleteRunError(f"{output}: {store.rows} rows written for {table.num_rows} input rows")
     return {"rows": store.rows, "parts": len(store.done), "bad_rows": bad}

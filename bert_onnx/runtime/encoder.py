@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from bert_onnx import interface, machine
+from bert_onnx.errors import InvalidTypeError, InvalidValueError
 from bert_onnx.manifest import Manifest, ModelFolderError
 from bert_onnx.runtime import profile
 from bert_onnx.runtime.batching import tokenized_batches
@@ -97,11 +98,11 @@ class Encoder:
         precision: str | None = None,
     ) -> None:
         if not isinstance(session_cache, (bool, str, Path)):
-            raise TypeError(f"session_cache={session_cache!r} must be True, False or a folder path")
+            raise InvalidTypeError(f"session_cache={session_cache!r} must be True, False or a folder path")
         if device not in DEVICES:
-            raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
+            raise InvalidValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
         if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+            raise InvalidValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
@@ -171,19 +172,21 @@ class Encoder:
             return "fp32"
         if variant in interface.OPENVINO_VARIANTS.values():
             precision = variant.removeprefix("openvino-")
-            raise ValueError(
+            raise InvalidValueError(
                 f"variant={variant!r} is the gate of OpenVINO running model.onnx; "
                 f"use backend='openvino', precision={precision!r}"
             )
         if variant not in interface.VARIANTS:
-            raise ValueError(f"variant={variant!r} is not one of {', '.join(interface.VARIANTS)}")
+            raise InvalidValueError(f"variant={variant!r} is not one of {', '.join(interface.VARIANTS)}")
         if variant not in stored:
-            raise ValueError(
+            raise InvalidValueError(
                 f"variant={variant!r} is not in {self.model_dir} (it has {', '.join(stored)}); "
                 f"export it with --variants {variant}"
             )
         if device not in stored[variant].devices:
-            raise ValueError(f"variant={variant!r} runs on {', '.join(stored[variant].devices)}, not device={device!r}")
+            raise InvalidValueError(
+                f"variant={variant!r} runs on {', '.join(stored[variant].devices)}, not device={device!r}"
+            )
         if variant == "int8" and clipped:
             warnings.warn(f"bert-onnx: int8's export gate does not hold here: {clipped}", stacklevel=3)
         return variant
@@ -288,7 +291,7 @@ class Encoder:
         if max_length is None:
             return self.max_length
         if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= self.max_length:
-            raise ValueError(f"max_length={max_length!r} must be an int in [2, {self.max_length}]")
+            raise InvalidValueError(f"max_length={max_length!r} must be an int in [2, {self.max_length}]")
         return max_length
 
     def encode(
@@ -352,12 +355,12 @@ class Encoder:
         called after each batch with the number of texts it finished.
         """
         if not isinstance(recipe, EmbedRecipe):
-            raise TypeError(f"recipe={recipe!r} must be an EmbedRecipe")
+            raise InvalidTypeError(f"recipe={recipe!r} must be an EmbedRecipe")
         pooling = recipe.pooling_for(self.num_layers)
         batch = check_texts(texts)
         max_length = self._check_max_length(recipe.max_length)
         if recipe.max_tokens < max_length:
-            raise ValueError(f"max_tokens={recipe.max_tokens!r} must be an int >= max_length ({max_length})")
+            raise InvalidValueError(f"max_tokens={recipe.max_tokens!r} must be an int >= max_length ({max_length})")
         result = np.empty((len(batch), recipe.dim(self.hidden_size)), dtype=np.float32)
         # Tokenized a window at a time, so memory beyond ``result`` stays bounded whatever the number of texts.
         for offset in range(0, len(batch), EMBED_WINDOW):

@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 from typing import BinaryIO
 
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.manifest import ModelFolderError
 
 # "" and "ai.onnx" are the standard operator set; "com.microsoft" holds ONNX Runtime's own contrib ops (Attention,
@@ -36,11 +37,11 @@ def _varint(read: BinaryIO) -> int | None:
             return value
         shift += 7
         if shift > 63:
-            raise ValueError("malformed varint")
+            raise InvalidValueError("malformed varint")
 
 
 def _truncated() -> int:
-    raise ValueError("the file ends inside a field")
+    raise InvalidValueError("the file ends inside a field")
 
 
 def _fields(stream: BinaryIO, keep: frozenset[int]) -> list[tuple[int, bytes]]:
@@ -64,7 +65,7 @@ def _fields(stream: BinaryIO, keep: frozenset[int]) -> list[tuple[int, bytes]]:
             else:
                 stream.seek(size, 1)
         else:
-            raise ValueError(f"wire type {wire} in field {number}")
+            raise InvalidValueError(f"wire type {wire} in field {number}")
     return found
 
 

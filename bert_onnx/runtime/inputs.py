@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from bert_onnx.errors import InvalidTypeError, InvalidValueError
+
 
 def check_texts(texts: Any) -> list[str]:
     """Return ``texts`` as a list of str; a single str is a batch of one.
@@ -14,11 +16,11 @@ def check_texts(texts: Any) -> list[str]:
     Raises ``TypeError`` naming an item that is not a str, ``ValueError`` naming one that is not valid Unicode.
     """
     if isinstance(texts, bytes | bytearray) or not isinstance(texts, str | Sequence | np.ndarray):
-        raise TypeError(f"texts must be a str or a sequence of str, not {type(texts).__name__}")
+        raise InvalidTypeError(f"texts must be a str or a sequence of str, not {type(texts).__name__}")
     batch = [texts] if isinstance(texts, str) else list(texts)
     for index, text in enumerate(batch):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{index}] is {type(text).__name__} ({text!r:.40}), expected str")
+            raise InvalidTypeError(f"texts[{index}] is {type(text).__name__} ({text!r:.40}), expected str")
         if not text.isascii():
             _check_surrogates(index, text)
     return batch
@@ -31,7 +33,7 @@ def _check_surrogates(index: int, text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         code = ord(text[exc.start])
-        raise ValueError(
+        raise InvalidValueError(
             f"texts[{index}] holds a lone surrogate U+{code:04X} at position {exc.start}, which is not valid "
             "Unicode text (decode bytes with errors='replace' to keep such input)"
         ) from None
@@ -42,21 +44,21 @@ def check_id_array(name: str, value: Any, upper: int, allow_bool: bool = False) 
     try:
         array = np.asarray(value)
     except ValueError as exc:  # ragged nested lists
-        raise ValueError(f"{name} must be a rectangular 2-d array of integers ({exc})") from exc
+        raise InvalidValueError(f"{name} must be a rectangular 2-d array of integers ({exc})") from exc
     if array.ndim != 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} must be 2-d (batch, sequence); got shape {array.shape}. Wrap a single sequence as [ids]."
         )
     if array.dtype == np.bool_ and allow_bool:
         array = array.astype(np.int64)
     if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers; got dtype {array.dtype}")
+        raise InvalidValueError(f"{name} must hold integers; got dtype {array.dtype}")
     if array.size:
         low, high = int(array.min()), int(array.max())
         if low < 0 or high >= upper:
             bad = low if low < 0 else high
             where = tuple(int(i) for i in np.argwhere(array == bad)[0])
-            raise ValueError(f"{name}{list(where)} = {bad} is outside [0, {upper})")
+            raise InvalidValueError(f"{name}{list(where)} = {bad} is outside [0, {upper})")
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
@@ -82,12 +84,12 @@ def check_model_inputs(
     )
     for name, other in (("attention_mask", mask), ("token_type_ids", types)):
         if other.shape != ids.shape:
-            raise ValueError(f"{name} has shape {other.shape} but input_ids has shape {ids.shape}")
+            raise InvalidValueError(f"{name} has shape {other.shape} but input_ids has shape {ids.shape}")
     batch, sequence = ids.shape
     if batch and sequence == 0:
-        raise ValueError("input_ids has sequence length 0; every row needs at least one token")
+        raise InvalidValueError("input_ids has sequence length 0; every row needs at least one token")
     if sequence > max_length:
-        raise ValueError(
+        raise InvalidValueError(
             f"input_ids has sequence length {sequence}, over the model's maximum of {max_length} positions"
         )
     return ids, mask, types

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.manifest import ModelFolderError
 
 PRECISIONS = ("fp32", "bf16")
@@ -26,7 +27,7 @@ _HINTS = {"fp32": "f32", "bf16": "bf16"}
 INSTALL_HINT = "pip install 'bert-onnx[openvino]'"
 
 
-class BackendError(RuntimeError):
+class BackendError(BertOnnxError, RuntimeError):
     """The OpenVINO backend cannot run here: not installed, or the CPU lacks what the precision needs."""
 
 
@@ -46,7 +47,7 @@ def cpu_capabilities() -> tuple[str, ...]:
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise InvalidValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "bf16":
         capabilities = cpu_capabilities()
         if "BF16" not in capabilities:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bert_onnx import interface
+from bert_onnx.errors import InvalidValueError
 
 POOLINGS: tuple[str, ...] = ("cls", "pooler", "mean")
 COMBINES: tuple[str, ...] = ("concat", "mean")
@@ -39,7 +40,7 @@ class Pooling:
         for layer in layers:
             index = layer + num_layers + 1 if layer < 0 else layer
             if not 0 <= index <= num_layers:
-                raise ValueError(
+                raise InvalidValueError(
                     f"layer {layer} is out of range: this model has hidden states 0..{num_layers} "
                     f"(or -{num_layers + 1}..-1)"
                 )

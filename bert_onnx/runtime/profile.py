@@ -26,6 +26,7 @@ from typing import Any
 
 from bert_onnx import __version__, interface, machine
 from bert_onnx._files import atomic_write_text
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.manifest import Manifest
 
 PROFILE_ENV = "BERT_ONNX_PROFILE_DIR"
@@ -45,7 +46,7 @@ def choice_options(name: str) -> dict[str, str | None]:
         return {"backend": "openvino", "variant": None, "precision": name.removeprefix("openvino-")}
     if name in ONNXRUNTIME_CHOICES:
         return {"backend": "onnxruntime", "variant": name, "precision": None}
-    raise ValueError(f"choice {name!r} is not one of {', '.join(CHOICES)}")
+    raise InvalidValueError(f"choice {name!r} is not one of {', '.join(CHOICES)}")
 
 
 def choice_of(backend: str, variant: str, precision: str | None) -> str:

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS, Pooling
 
 
 def _positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive int")
+        raise InvalidValueError(f"{name}={value!r} must be a positive int")
 
 
 @dataclass(frozen=True)
@@ -43,33 +44,37 @@ class EmbedRecipe:
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
+            raise InvalidValueError(f"pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
         if self.combine not in COMBINES:
-            raise ValueError(f"combine={self.combine!r} is not one of {', '.join(COMBINES)}")
+            raise InvalidValueError(f"combine={self.combine!r} is not one of {', '.join(COMBINES)}")
         layers: Any = self.layers
         if layers is not None:
             if isinstance(layers, int | np.integer) and not isinstance(layers, bool):
                 layers = (int(layers),)
             if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) == 0:
-                raise ValueError(f"layers={self.layers!r} must be an int or a non-empty sequence of ints")
+                raise InvalidValueError(f"layers={self.layers!r} must be an int or a non-empty sequence of ints")
             for layer in layers:
                 if not isinstance(layer, int | np.integer) or isinstance(layer, bool):
-                    raise ValueError(f"layers contains {layer!r}; hidden-state indices are ints")
+                    raise InvalidValueError(f"layers contains {layer!r}; hidden-state indices are ints")
             if self.pooling == "pooler":
-                raise ValueError("pooling='pooler' reads pooler_output (from the last layer); it takes no layers")
+                raise InvalidValueError(
+                    "pooling='pooler' reads pooler_output (from the last layer); it takes no layers"
+                )
             object.__setattr__(self, "layers", tuple(int(layer) for layer in layers))
         for name in ("normalize", "truncation"):
             if not isinstance(getattr(self, name), bool | np.bool_):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+                raise InvalidValueError(f"{name}={getattr(self, name)!r} must be True or False")
             object.__setattr__(self, name, bool(getattr(self, name)))
         if self.max_length is not None and (
             not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 2
         ):
-            raise ValueError(f"max_length={self.max_length!r} must be an int >= 2 (room for [CLS] and [SEP]) or None")
+            raise InvalidValueError(
+                f"max_length={self.max_length!r} must be an int >= 2 (room for [CLS] and [SEP]) or None"
+            )
         _positive_int("batch_size", self.batch_size)
         floor = self.max_length or 2
         if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < floor:
-            raise ValueError(f"max_tokens={self.max_tokens!r} must be an int >= max_length ({floor})")
+            raise InvalidValueError(f"max_tokens={self.max_tokens!r} must be an int >= max_length ({floor})")
 
     def pooling_for(self, num_layers: int) -> Pooling:
         """The pooling step for a model with ``num_layers`` layers (raises if a layer is out of its range)."""
@@ -91,5 +96,5 @@ class EmbedRecipe:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
+            raise InvalidValueError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
         return cls(**data)

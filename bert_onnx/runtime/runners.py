@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from bert_onnx.errors import InvalidTypeError, InvalidValueError
 from bert_onnx.runtime.session import create_session
 
 BACKENDS = ("onnxruntime", "openvino")
@@ -32,19 +33,21 @@ def check_options(
 ) -> str | None:
     """Refuse option combinations a backend does not have; return the variant to use (OpenVINO: fp32's graph)."""
     if io_binding is not None and not isinstance(io_binding, bool):
-        raise TypeError(f"io_binding={io_binding!r} must be True, False or None")
+        raise InvalidTypeError(f"io_binding={io_binding!r} must be True, False or None")
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+        raise InvalidValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
         if precision is not None:
-            raise ValueError("precision= applies to backend='openvino'; with ONNX Runtime pick a variant= instead")
+            raise InvalidValueError(
+                "precision= applies to backend='openvino'; with ONNX Runtime pick a variant= instead"
+            )
         return variant
     if device != "cpu":
-        raise ValueError(f"backend='openvino' runs on device='cpu', not {device!r}")
+        raise InvalidValueError(f"backend='openvino' runs on device='cpu', not {device!r}")
     if variant not in (None, "fp32"):
-        raise ValueError(f"backend='openvino' compiles the fp32 graph (model.onnx), not variant={variant!r}")
+        raise InvalidValueError(f"backend='openvino' compiles the fp32 graph (model.onnx), not variant={variant!r}")
     if io_binding:
-        raise ValueError("io_binding is an ONNX Runtime feature; backend='openvino' does not use it")
+        raise InvalidValueError("io_binding is an ONNX Runtime feature; backend='openvino' does not use it")
     return "fp32"
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bert_onnx._files import atomic_write_text
+from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.manifest import ModelFolderError, sha256_file
 
 DEVICES: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CACHE_ENV = "BERT_ONNX_SESSION_CACHE"
 
 
-class ProviderError(RuntimeError):
+class ProviderError(BertOnnxError, RuntimeError):
     """The requested device's execution provider is not available, or the session did not use it."""
 
 
@@ -68,9 +69,9 @@ def create_session(
     ``cache_dir`` with ``model_sha256`` (the verified SHA-256 of ``model_path``) enables the optimized-graph cache.
     """
     if device not in DEVICES:
-        raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
+        raise InvalidValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise ValueError(f"threads={threads!r} must be a positive int or None")
+        raise InvalidValueError(f"threads={threads!r} must be a positive int or None")
     provider = DEVICES[device]
     available = ort.get_available_providers()
     if provider not in available:
@@ -100,11 +101,23 @@ def create_session(
     return session
 
 
+def _graph_failures() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's exception types for a file it cannot read as a graph (as opposed to a provider that fails
+    to start or runs out of memory, e.g. ``RuntimeException``/``EPFail`` on CUDA)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel", "InvalidArgument", "NotImplemented")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
 def _session(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidProtobuf, ...) for unreadable graphs
+    except _graph_failures() as exc:
         raise ModelFolderError(f"{path}: ONNX Runtime cannot load this model ({exc})") from exc
+    except Exception as exc:  # the provider failed: out of device memory, a missing CUDA library, ...
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        raise ProviderError(f"{path}: ONNX Runtime could not start a session on {', '.join(names)}: {exc}") from exc
 
 
 def _cached_session(

@@ -16,6 +16,7 @@ import numpy as np
 from tokenizers import Encoding
 from tokenizers import Tokenizer as _Backend
 
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.manifest import ModelFolderError
 from bert_onnx.runtime.inputs import check_texts
 
@@ -34,7 +35,7 @@ class TokenIds(Protocol):
     def type_ids(self) -> Sequence[int]: ...
 
 
-class TextTooLongError(ValueError):
+class TextTooLongError(InvalidValueError):
     """A text has more tokens than ``max_length`` and truncation is off."""
 
     def __init__(self, index: int, length: int, max_length: int) -> None:
@@ -114,7 +115,7 @@ class Tokenizer:
         unk = getattr(self._backend.model, "unk_token", None)
         unk_id = None if unk is None else self._backend.token_to_id(unk)
         if unk_id is None:
-            raise ValueError(f"token {token!r} is not in the vocabulary and the tokenizer has no unknown token")
+            raise InvalidValueError(f"token {token!r} is not in the vocabulary and the tokenizer has no unknown token")
         return int(unk_id)
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
@@ -125,7 +126,7 @@ class Tokenizer:
     def _token(self, token_id: int) -> str:
         token = self._backend.id_to_token(token_id)
         if token is None:
-            raise ValueError(f"id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+            raise InvalidValueError(f"id {token_id} is outside the vocabulary [0, {self.vocab_size})")
         return str(token)
 
     def _with_truncation(self, max_length: int) -> _Backend:
@@ -150,7 +151,7 @@ class Tokenizer:
         by its index plus ``first_index`` (for callers that pass a slice of their texts).
         """
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-            raise ValueError(f"max_length={max_length!r} must be an int >= 2 (room for [CLS] and [SEP])")
+            raise InvalidValueError(f"max_length={max_length!r} must be an int >= 2 (room for [CLS] and [SEP])")
         if truncation:
             return list(self._with_truncation(max_length).encode_batch(list(texts)))
         encodings = list(self._backend.encode_batch(list(texts)))
@@ -166,7 +167,7 @@ class Tokenizer:
     def pad(self, encodings: Sequence[TokenIds], padding: Padding, max_length: int) -> TokenizedBatch:
         """Right-pad encodings into (batch, sequence) int64 arrays."""
         if padding not in PADDINGS:
-            raise ValueError(f"padding={padding!r} is not one of {', '.join(PADDINGS)}")
+            raise InvalidValueError(f"padding={padding!r} is not one of {', '.join(PADDINGS)}")
         lengths = [len(e.ids) for e in encodings]
         width = max_length if padding == "max_length" else max(lengths, default=0)
         input_ids = np.full((len(encodings), width), self.pad_token_id, dtype=np.int64)
@@ -188,5 +189,5 @@ class Tokenizer:
         """Tokenize a batch of texts into padded arrays (a single string is a batch of one)."""
         batch = check_texts(texts)
         if padding not in PADDINGS:
-            raise ValueError(f"padding={padding!r} is not one of {', '.join(PADDINGS)}")
+            raise InvalidValueError(f"padding={padding!r} is not one of {', '.join(PADDINGS)}")
         return self.pad(self.encodings(batch, max_length, truncation), padding, max_length)

@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bert_onnx import __version__, interface, machine
+from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.encoder import Encoder
 from bert_onnx.runtime.recipe import EmbedRecipe
 from bert_onnx.runtime.tokenizer import TokenIds
@@ -55,7 +56,7 @@ OFFLOAD_FLOATS = 64 << 10
 T = TypeVar("T")
 
 
-class ClientGone(Exception):
+class ClientGone(BertOnnxError):
     """The client disconnected before its answer was ready."""
 
 
@@ -77,7 +78,7 @@ class EmbeddingServer:
         self.pooling = recipe.pooling_for(encoder.num_layers)
         self.max_length = recipe.max_length or encoder.max_length
         if self.max_length > encoder.max_length:
-            raise ValueError(f"max_length={self.max_length} is over the model's {encoder.max_length}")
+            raise InvalidValueError(f"max_length={self.max_length} is over the model's {encoder.max_length}")
         self.dim = recipe.dim(encoder.hidden_size)
         self.tokens = Tokens(encoder.tokenizer, encoder.manifest.vocab_size)
         self.batcher: Batcher | None = None

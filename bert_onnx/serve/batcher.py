@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bert_onnx import interface
+from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.batching import length_sorted_batches
 from bert_onnx.runtime.encoder import Encoder
 from bert_onnx.runtime.pooling import Pooling
@@ -32,7 +33,7 @@ from bert_onnx.runtime.tokenizer import TokenIds
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
+class QueueFull(BertOnnxError):
     """Accepting a request would put more than ``max_queue`` texts in flight; ``retry_after`` is a guess in
     seconds, from the tokens already in flight and the recent tokens per second."""
 
@@ -44,7 +45,7 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
-class BatcherClosed(RuntimeError):
+class BatcherClosed(BertOnnxError, RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
 
@@ -132,11 +133,11 @@ class Batcher:
             ("max_queue", max_queue),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
+                raise InvalidValueError(f"{name}={value!r} must be a positive int")
         if max_padding is not None and (not isinstance(max_padding, int | float) or max_padding < 0):
-            raise ValueError(f"max_padding={max_padding!r} must be a fraction >= 0 or None")
+            raise InvalidValueError(f"max_padding={max_padding!r} must be a fraction >= 0 or None")
         if not isinstance(max_wait_ms, int | float) or isinstance(max_wait_ms, bool) or not 0 <= max_wait_ms <= 1000:
-            raise ValueError(f"max_wait_ms={max_wait_ms!r} must be a number of milliseconds in [0, 1000]")
+            raise InvalidValueError(f"max_wait_ms={max_wait_ms!r} must be a number of milliseconds in [0, 1000]")
         self.encoder = encoder
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_onnx.errors import BertOnnxError
 from bert_onnx.runtime.inputs import check_texts
 from bert_onnx.runtime.recipe import EmbedRecipe
 from bert_onnx.runtime.tokenizer import TextTooLongError, TokenIds, Tokenizer
@@ -22,7 +23,7 @@ from bert_onnx.serve.batcher import Ids
 ENCODING_FORMATS = ("float", "base64")
 
 
-class RequestError(Exception):
+class RequestError(BertOnnxError):
     """A request the server refuses: HTTP ``status``, a message naming the problem, and the field (``param``).
 
     The body follows OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``, which the ``openai``

@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.runtime.encoder import Encoder
 from bert_onnx.runtime.recipe import EmbedRecipe
 from bert_onnx.serve.app import EmbeddingServer
@@ -29,7 +30,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ValueError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+        raise InvalidValueError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -38,7 +39,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(BACKLOG)  # connections queue from here on, before uvicorn starts accepting them
     except OSError as exc:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise InvalidValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
 
 

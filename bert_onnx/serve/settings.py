@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bert_onnx.errors import InvalidValueError
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -36,9 +38,9 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
-            raise ValueError(f"host={self.host!r} must be a host name or address")
+            raise InvalidValueError(f"host={self.host!r} must be a host name or address")
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
-            raise ValueError(f"port={self.port!r} must be an int in [0, 65535] (0: any free port)")
+            raise InvalidValueError(f"port={self.port!r} must be an int in [0, 65535] (0: any free port)")
         for name in (
             "max_batch_size",
             "max_batch_tokens",
@@ -51,12 +53,12 @@ class ServeSettings:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
+                raise InvalidValueError(f"{name}={value!r} must be a positive int")
         wait = self.max_wait_ms
         if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 1000:
-            raise ValueError(f"max_wait_ms={wait!r} must be a number of milliseconds in [0, 1000]")
+            raise InvalidValueError(f"max_wait_ms={wait!r} must be a number of milliseconds in [0, 1000]")
         padding = self.max_padding
         if padding is not None and (not isinstance(padding, int | float) or isinstance(padding, bool) or padding < 0):
-            raise ValueError(f"max_padding={padding!r} must be a fraction >= 0 or None")
+            raise InvalidValueError(f"max_padding={padding!r} must be a fraction >= 0 or None")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
-            raise ValueError("api_key must be a non-empty string or None")
+            raise InvalidValueError("api_key must be a non-empty string or None")
