@@ -272,7 +272,7 @@ def embed_file(
         "input_sha256": input_sha256,
         "lines": count,
         "model": str(encoder.model_dir.resolve()),
-        "model_sha256": encoder.manifest.files[encoder.manifest.variants[encoder.variant].file],
+        "model_sha256": encoder.manifest.files[encoder.choice_spec.file],
         "variant": encoder.variant,
         "device": encoder.device,
         "backend": encoder.backend,
