@@ -213,6 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_padding=None if args.max_padding < 0 else args.max_padding,
         api_key=api_key,
+        accept_token_ids=args.accept_token_ids,
     )
     encoder, recipe = _encoder_and_recipe(args)
 
@@ -415,6 +416,71 @@ def add_recipe_and_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-truncation", action="store_true", help="fail on a text over --max-length tokens")
 
 
+def add_serve_command(commands: Any) -> None:
+    """``bert-onnx serve``'s options; the defaults are :class:`~bert_onnx.serve.settings.ServeSettings`' own."""
+    from bert_onnx.serve.settings import ServeSettings  # no server stack: only the checked settings
+
+    defaults = ServeSettings()
+    serve = commands.add_parser(
+        "serve",
+        help="serve embeddings over HTTP (OpenAI-compatible), batching concurrent requests",
+        description="Serve DIR over HTTP: POST /v1/embeddings (OpenAI's API, with the recipe given here), /embed "
+        "(a recipe per request), /encode (hidden states), /tokenize; GET /health, /info, /metrics (Prometheus). "
+        "Concurrent requests are merged into length-sorted batches; every answer equals Encoder.embed of its "
+        "texts alone. SIGTERM or Ctrl-C stops accepting, answers every accepted request, and exits 0. Needs "
+        "bert-onnx[serve]. See docs/serve.md.",
+    )
+    serve.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
+    serve.add_argument(
+        "--host", default=defaults.host, help=f"address to listen on (default: {defaults.host}, this machine only)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=defaults.port, help=f"default: {defaults.port}; 0 picks a free port (printed)"
+    )
+    add_recipe_and_engine_arguments(serve)
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=defaults.max_batch_tokens,
+        help=f"padded tokens per batch (default: {defaults.max_batch_tokens}; a longer text runs alone)",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="how long the batcher may wait for returning clients to fill a batch "
+        f"(default: {defaults.max_wait_ms:g}; a lone client never waits)",
+    )
+    serve.add_argument(
+        "--max-padding",
+        type=float,
+        default=defaults.max_padding,
+        metavar="FRACTION",
+        help="close a batch before its padding passes this fraction of its real tokens "
+        f"(default: {defaults.max_padding}; -1: fill batches to --batch-size and --max-batch-tokens whatever "
+        "their padding)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        help=f"texts in flight before new requests get 429 (default: {defaults.max_queue})",
+    )
+    serve.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="require 'Authorization: Bearer KEY' (all routes but /health), KEY read from environment variable NAME",
+    )
+    serve.add_argument(
+        "--accept-token-ids",
+        action="store_true",
+        help="take token-id arrays as input on /v1/embeddings, /embed and /encode (default: refused with 422, since "
+        "ids from another tokenizer, such as the tiktoken ids LangChain sends by default, give wrong vectors); "
+        "only for clients that send this model's own ids (POST /tokenize)",
+    )
+    serve.set_defaults(func=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bert-onnx",
@@ -488,51 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--cpus-per-actor", type=int, default=1, help="ONNX Runtime threads each (default: 1)")
     embed.set_defaults(func=_embed)
 
-    serve = commands.add_parser(
-        "serve",
-        help="serve embeddings over HTTP (OpenAI-compatible), batching concurrent requests",
-        description="Serve DIR over HTTP: POST /v1/embeddings (OpenAI's API, with the recipe given here), /embed "
-        "(a recipe per request), /encode (hidden states), /tokenize; GET /health, /info, /metrics (Prometheus). "
-        "Concurrent requests are merged into length-sorted batches; every answer equals Encoder.embed of its "
-        "texts alone. SIGTERM or Ctrl-C stops accepting, answers every accepted request, and exits 0. Needs "
-        "bert-onnx[serve]. See docs/serve.md.",
-    )
-    serve.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
-    )
-    serve.add_argument("--port", type=int, default=8080, help="default: 8080; 0 picks a free port (printed)")
-    add_recipe_and_engine_arguments(serve)
-    serve.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=8192,
-        help="padded tokens per batch (default: 8192; a longer text runs alone)",
-    )
-    serve.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=2.0,
-        help="how long the batcher may wait for returning clients to fill a batch "
-        "(default: 2; a lone client never waits)",
-    )
-    serve.add_argument(
-        "--max-padding",
-        type=float,
-        default=0.25,
-        metavar="FRACTION",
-        help="close a batch before its padding passes this fraction of its real tokens (default: 0.25; "
-        "-1: fill batches to --batch-size and --max-batch-tokens whatever their padding)",
-    )
-    serve.add_argument(
-        "--max-queue", type=int, default=4096, help="texts in flight before new requests get 429 (default: 4096)"
-    )
-    serve.add_argument(
-        "--api-key-env",
-        metavar="NAME",
-        help="require 'Authorization: Bearer KEY' (all routes but /health), KEY read from environment variable NAME",
-    )
-    serve.set_defaults(func=_serve)
+    add_serve_command(commands)
 
     info = commands.add_parser("info", help="show a model folder's manifest", description="Show DIR's manifest.")
     info.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")

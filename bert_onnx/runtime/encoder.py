@@ -21,7 +21,7 @@ from bert_onnx.runtime.inputs import check_model_inputs, check_texts
 from bert_onnx.runtime.recipe import EmbedRecipe
 from bert_onnx.runtime.runners import OnnxRuntimeRunner, Runner
 from bert_onnx.runtime.session import DEVICES, default_cache_dir
-from bert_onnx.runtime.tokenizer import Padding, TokenizedBatch, Tokenizer
+from bert_onnx.runtime.tokenizer import Padding, TokenIds, TokenizedBatch, Tokenizer
 
 EMBED_WINDOW = 8192  # texts tokenized and length-sorted together by ``embed``
 
@@ -334,3 +334,13 @@ class Encoder:
                 if progress is not None:
                     progress(len(rows))
         return result
+
+    # -- the batching interface (bert_onnx.serve.model.Model): run tokens a caller has already made -----------
+
+    def pad(self, tokens: Sequence[TokenIds]) -> TokenizedBatch:
+        """Right-pad tokenized texts (``[CLS]`` and ``[SEP]`` included) into one batch as wide as its longest."""
+        return self.tokenizer.pad(tokens, "longest", self.max_length)
+
+    def forward(self, batch: TokenizedBatch, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The graph outputs ``names`` for one padded batch, by name (only those are fetched)."""
+        return self._forward(batch, names)
