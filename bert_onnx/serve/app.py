@@ -27,7 +27,8 @@ from starlette.routing import Route
 from bert_onnx import __version__, interface, machine
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.encoder import Encoder
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.pooling import Pooling
+from bert_onnx.runtime.recipe import EmbedRecipe, prompt_named
 from bert_onnx.runtime.tokenizer import TokenIds
 from bert_onnx.serve.batcher import Batcher, BatcherClosed, Kind, Outputs, QueueFull
 from bert_onnx.serve.metrics import Metrics
@@ -75,11 +76,11 @@ class EmbeddingServer:
         self.recipe = recipe
         self.settings = settings
         self.model_name = model_name or encoder.model_dir.resolve().name
-        self.pooling = recipe.pooling_for(encoder.num_layers)
+        self.pooling = encoder.pooling_for(recipe)
         self.max_length = recipe.max_length or encoder.max_length
         if self.max_length > encoder.max_length:
             raise InvalidValueError(f"max_length={self.max_length} is over the model's {encoder.max_length}")
-        self.dim = recipe.dim(encoder.hidden_size)
+        self.dim = self.pooling.dim(encoder.hidden_size)
         self.tokens = Tokens(encoder.tokenizer, encoder.manifest.vocab_size)
         self.batcher: Batcher | None = None
         self.metrics = Metrics(lambda: self.batcher.in_flight if self.batcher is not None else 0)
@@ -239,21 +240,17 @@ class EmbeddingServer:
         """``POST /v1/embeddings``, OpenAI's embeddings API over the command line's recipe."""
         data = await self._body(request)
         check_fields(
-            data,
-            ("input", "model", "encoding_format", "user"),
-            "POST /v1/embeddings",
-            hints={
-                "dimensions": f"this server's vectors have {self.dim} dimensions, set by its recipe "
-                "(--pooling, --layers, --combine); use POST /embed for another recipe",
-            },
+            data, ("input", "model", "encoding_format", "user", "dimensions", "prompt_name"), "POST /v1/embeddings"
         )
         model = optional(data, "model", str, self.model_name, "a string")
         encoding_format = self._encoding_format(data)
         optional(data, "user", str, None, "a string")
         inputs = parse_input(data, self.settings.max_inputs, allow_ids=True, allow_empty_text=False)
+        dimensions = optional(data, "dimensions", int, None, f"an integer in [1, {self.dim}]")
+        recipe, pooling = self._request_recipe(data, self.recipe, dimensions=dimensions)
         hint = "this server runs with --no-truncation"
-        tokens = await self._tokenize_inputs(inputs, self.max_length, self.recipe.truncation, hint)
-        vectors = await self._run(request, tokens, self.pooling)
+        tokens = await self._tokenize_inputs(self._prompted(inputs, recipe), self.max_length, recipe.truncation, hint)
+        vectors = await self._run(request, tokens, pooling)
         usage = sum(len(t.ids) for t in tokens)
         return await _json_response(
             {
@@ -271,15 +268,16 @@ class EmbeddingServer:
     async def _embed(self, request: Request) -> Response:
         """``POST /embed``: like ``/v1/embeddings``, with a recipe of the request's own."""
         data = await self._body(request)
-        recipe_fields = ("pooling", "layers", "combine", "normalize", "max_length", "truncation")
-        check_fields(data, ("input", "encoding_format", *recipe_fields), "POST /embed")
+        recipe_fields = ("pooling", "layers", "combine", "normalize", "max_length", "truncation", "dimensions")
+        check_fields(data, ("input", "encoding_format", "prompt_name", *recipe_fields), "POST /embed")
         encoding_format = self._encoding_format(data)
         inputs = parse_input(data, self.settings.max_inputs, allow_ids=True, allow_empty_text=True)
-        recipe = recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length)
+        base = recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length)
+        recipe, pooling = self._request_recipe(data, base)
         max_length = recipe.max_length or self.encoder.max_length
         hint = 'send "truncation": true to cut it' if not recipe.truncation else ""
-        tokens = await self._tokenize_inputs(inputs, max_length, recipe.truncation, hint)
-        vectors = await self._run(request, tokens, recipe.pooling_for(self.encoder.num_layers))
+        tokens = await self._tokenize_inputs(self._prompted(inputs, recipe), max_length, recipe.truncation, hint)
+        vectors = await self._run(request, tokens, pooling)
         usage = sum(len(t.ids) for t in tokens)
         recipe_out = {k: v for k, v in recipe.to_dict().items() if k in recipe_fields}
         return await _json_response(
@@ -390,6 +388,7 @@ class EmbeddingServer:
                 "max_length": enc.max_length,
                 "dim": self.dim,
                 "recipe": self.recipe.to_dict(),
+                "recipe_source": enc.manifest.recipe.summary(),  # the folder's own recipe, where it came from
                 "settings": settings,
                 "machine": machine.describe(),
                 "versions": versions,
@@ -402,6 +401,31 @@ class EmbeddingServer:
         return Response(body, media_type=content_type)
 
     # -- small checks ---------------------------------------------------------------------------------------------
+
+    def _request_recipe(
+        self, data: dict[str, Any], recipe: EmbedRecipe, dimensions: int | None = None
+    ) -> tuple[EmbedRecipe, Pooling]:
+        """``recipe`` with the request's ``prompt_name`` and ``dimensions``, and its vector step (422 naming what
+        this model cannot do: a layer, a dimension, a prompt it does not have)."""
+        name = optional(data, "prompt_name", str, None, "a string")
+        try:
+            if dimensions is not None:
+                recipe = recipe.replace(dimensions=dimensions)
+            if name is not None:
+                recipe = recipe.replace(prompt=prompt_named(self.encoder.manifest.recipe, name))
+            return recipe, self.pooling if recipe == self.recipe else self.encoder.pooling_for(recipe)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(422, str(exc), "dimensions" if "dimensions" in str(exc) else None) from None
+
+    def _prompted(self, inputs: Inputs, recipe: EmbedRecipe) -> Inputs:
+        """The texts with the recipe's prompt before each (token ids cannot take one: 422)."""
+        if recipe.prompt is None:
+            return inputs
+        if inputs.texts is None:
+            raise RequestError(
+                422, f"this recipe puts the prompt {recipe.prompt!r} before each text; send texts, not token ids"
+            )
+        return Inputs(texts=[recipe.prompt + text for text in inputs.texts])
 
     def _encoding_format(self, data: dict[str, Any]) -> str:
         value = optional(data, "encoding_format", str, "float", "float or base64")

@@ -180,7 +180,7 @@ class Batcher:
         size = len(tokens)
         lengths = [len(t.ids) for t in tokens]
         if isinstance(kind, Pooling):
-            result: Any = np.empty((size, self._dim(kind)), dtype=np.float32)
+            result: Any = np.empty((size, kind.dim(self.encoder.hidden_size)), dtype=np.float32)
         else:
             result = [None] * size
         total = sum(lengths)
@@ -230,10 +230,6 @@ class Batcher:
         if self._thread.ident is None:  # never started: run what was submitted, then stop
             self._thread.start()
         self._thread.join()
-
-    def _dim(self, pooling: Pooling) -> int:
-        layers = 1 if pooling.layers is None or pooling.combine == "mean" else len(pooling.layers)
-        return self.encoder.hidden_size * layers
 
     # -- the worker thread ------------------------------------------------------------------------------------
 

@@ -201,9 +201,10 @@ class Tokens:
 
 
 def recipe_from(data: dict[str, Any], base: EmbedRecipe, num_layers: int, model_max_length: int) -> EmbedRecipe:
-    """The server's recipe with this request's ``pooling``, ``layers``, ``combine``, ``normalize``, ``max_length``
-    and ``truncation``, validated by :class:`EmbedRecipe` against this model (422 naming the bad field)."""
-    names = ("pooling", "combine", "normalize", "max_length", "truncation")
+    """The server's recipe with this request's ``pooling``, ``layers``, ``combine``, ``normalize``, ``max_length``,
+    ``truncation`` and ``dimensions``, validated by :class:`EmbedRecipe` (422 naming the bad field); the server
+    checks it against this model."""
+    names = ("pooling", "combine", "normalize", "max_length", "truncation", "dimensions")
     changes: dict[str, Any] = {name: data[name] for name in names if name in data}
     max_length = changes.get("max_length")
     if type(max_length) is int and max_length > model_max_length:
@@ -214,7 +215,6 @@ def recipe_from(data: dict[str, Any], base: EmbedRecipe, num_layers: int, model_
     try:
         fields: dict[str, Any] = {**base.to_dict(), "layers": base.layers, **changes}
         recipe = EmbedRecipe(**fields)
-        recipe.pooling_for(num_layers)
     except (TypeError, ValueError) as exc:
         raise RequestError(422, str(exc)) from None
     return recipe
