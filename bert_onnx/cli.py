@@ -103,8 +103,6 @@ def _recipe(args: argparse.Namespace, manifest: Any) -> EmbedRecipe:
 def _input_path(args: argparse.Namespace) -> str:
     """The input file: positional (``embed DIR FILE``) or ``--input``/``-i``, not two different ones."""
     given = [value for value in (args.input, args.input_option) if value is not None]
-    if not given:
-        raise InvalidValueError("no input: give the text file after DIR (bert-onnx embed DIR FILE) or as --input FILE")
     if len(set(given)) > 1:
         raise InvalidValueError(f"two inputs, {given[0]!r} and --input {given[1]!r}: give one")
     return given[0]
@@ -179,7 +177,7 @@ def _embed(args: argparse.Namespace) -> int:
     given = _input_path(args)
     from_stdin = given == "-"
     if from_stdin and args.resume:
-        raise InvalidValueError("--resume needs an input FILE: standard input cannot be read a second time")
+        raise InvalidValueError("--resume needs --input FILE: standard input cannot be read a second time")
     source = Path(given)
     if not from_stdin and source.is_dir():
         raise InvalidValueError(f"--input {source}: Is a directory")
@@ -647,7 +645,10 @@ def _show_library_log() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "embed" and args.input is None and args.input_option is None:
+        parser.error("embed needs an input: bert-onnx embed DIR FILE (or --input FILE)")
     _show_library_log()
     try:
         return int(args.func(args))

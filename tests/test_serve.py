@@ -133,8 +133,12 @@ def test_openai_sdk_equals_embed_alone(variants_dir: Path, variant: str, toleran
         by_ids = client.embeddings.create(model="m", input=ids)
         np.testing.assert_allclose([d.embedding for d in by_ids.data], expected[:4], rtol=0, atol=tolerance)
 
-        with pytest.raises(openai.UnprocessableEntityError, match="dimensions is not supported"):
-            client.embeddings.create(model="m", input="x", dimensions=64)
+        # OpenAI's dimensions: the first N values, renormalized (the server's recipe normalizes).
+        cut = client.embeddings.create(model="m", input=TEXTS[:3], dimensions=64)
+        expected_cut = alone(encoder, TEXTS[:3], pooling="mean", normalize=True, dimensions=64)
+        np.testing.assert_allclose([d.embedding for d in cut.data], expected_cut, rtol=0, atol=tolerance)
+        with pytest.raises(openai.UnprocessableEntityError, match=r"dimensions=385 must be in \[1, 384\]"):
+            client.embeddings.create(model="m", input="x", dimensions=385)
     finally:
         assert server.stop() == 0, server.stderr()
 
@@ -258,7 +262,10 @@ BAD: list[tuple[str, str, bytes | str | dict[str, Any] | list[Any], int, str]] =
     ("a lone surrogate", V1, '{"input": ["ok", "bad \\ud800 text"]}', 422, "lone surrogate U+D800"),
     ("an id over the vocabulary", V1, {"input": [[101, 30522]]}, 422, "input[0][1] = 30522 is outside"),
     ("a negative id", V1, {"input": [-1, 5]}, 422, "input[0][0] = -1 is outside"),
-    ("dimensions", V1, {"input": "a", "dimensions": 8}, 422, "dimensions is not supported"),
+    ("dimensions over the vector's", V1, {"input": "a", "dimensions": 33}, 422, "dimensions=33 must be in [1, 32]"),
+    ("dimensions 0", V1, {"input": "a", "dimensions": 0}, 422, "dimensions=0 must be a positive int"),
+    ("dimensions a string", V1, {"input": "a", "dimensions": "8"}, 422, "dimensions must be an integer"),
+    ("an unknown prompt", V1, {"input": "a", "prompt_name": "query"}, 422, "is not one of this model's prompts"),
     ("an unknown field", V1, {"input": "a", "temperature": 1}, 422, "unsupported field(s) for POST /v1/embeddings"),
     ("model not a string", V1, {"input": "a", "model": 3}, 422, "model must be a string"),
     ("encoding_format hex", V1, {"input": "a", "encoding_format": "hex"}, 422, "encoding_format='hex'"),
@@ -324,6 +331,7 @@ FIELDS = [
     "model",
     "encoding_format",
     "dimensions",
+    "prompt_name",
     "user",
     "pooling",
     "layers",

@@ -149,7 +149,9 @@ class Batching:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, 1))
-        object.__setattr__(self, "max_tokens", check_int("max_tokens", self.max_tokens, 2))
+        if not is_int(self.max_tokens) or int(self.max_tokens) < 2:
+            raise InvalidValueError(f"max_tokens={self.max_tokens!r} must be an int >= max_length (and >= 2)")
+        object.__setattr__(self, "max_tokens", int(self.max_tokens))
 
     def check_length(self, max_length: int) -> None:
         """Refuse a token budget below one text of ``max_length`` tokens."""
