@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import __version__
+from bert_onnx import __version__, choices
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS, Pooling
 from bert_onnx.runtime.recipe import Batching, EmbedRecipe
@@ -447,22 +447,22 @@ def add_recipe_and_engine_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument(
         "--dimensions", type=int, metavar="N", help="keep the first N values (Matryoshka), renormalized if normalized"
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    parser.add_argument("--device", choices=choices.DEVICES, default="cpu", help="default: cpu")
     parser.add_argument(
         "--variant",
-        choices=("fp32", "opt", "int8", "fp16"),
+        choices=choices.variants(),
         help="which stored graph to run (default: what `bert-onnx tune` measured fastest here, else fp32; "
         "see bert-onnx info)",
     )
     parser.add_argument(
         "--backend",
-        choices=("onnxruntime", "openvino"),
+        choices=choices.BACKEND_NAMES,
         help="openvino compiles model.onnx with OpenVINO on the CPU (needs bert-onnx[openvino]; default: the tuned "
         "choice's, else onnxruntime)",
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=choices.precisions(choices.OPENVINO),
         help="with --backend openvino (default: the faster one `bert-onnx tune` measured here, else fp32)",
     )
     parser.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
@@ -504,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         default="fp32",
         metavar="LIST",
-        help="comma-separated: fp32 (always), opt (fused), int8 (CPU), fp16 (CUDA), openvino-fp32 and openvino-bf16 "
-        "(gates for --backend openvino, no extra file); each must pass its gate (default: fp32)",
+        help="comma-separated ways of running to build and gate beside fp32 (always): "
+        + "; ".join(f"{c.name}: {c.summary}" for c in choices.CHOICES.values() if c.name != choices.DEFAULT)
+        + ". Each must pass its gate (default: fp32)",
     )
     export.set_defaults(func=_export)
 
@@ -602,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_machine_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
-        command.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+        command.add_argument("--device", choices=choices.DEVICES, default="cpu", help="default: cpu")
         command.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
         command.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
         command.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -241,7 +241,7 @@ def vector_settings(encoder: Encoder, recipe: EmbedRecipe) -> dict[str, Any]:
     files = encoder.manifest.files
     return {
         "model": str(encoder.model_dir.resolve()),
-        "model_sha256": files[encoder.manifest.variants[encoder.variant].file],
+        "model_sha256": files[encoder.choice_spec.file],
         "tokenizer_sha256": files[interface.TOKENIZER_FILE],
         "recipe_weights_sha256": files.get(interface.RECIPE_WEIGHTS_FILE) if recipe.dense else None,
         "variant": encoder.variant,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import interface
+from bert_onnx import choices, interface
 from bert_onnx._files import atomic_write_text
 from bert_onnx.errors import BertOnnxError
 
@@ -24,6 +24,34 @@ FORMAT_VERSION = 2
 
 class ModelFolderError(BertOnnxError, ValueError):
     """A model folder is missing a file, has a corrupt or tampered file, or a manifest we cannot read."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measured quantity of a variant's gate and the limit it had to meet."""
+
+    name: str
+    value: float
+    limit: float
+    at_least: bool = False  # True: value >= limit passes; False: value <= limit passes
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+
+def checks_table(checks: Iterable[Check], measured_on: dict[str, Any] | None = None) -> str:
+    """The one table of a gate's checks (export's parity, a variant's gate, verify's), a line each."""
+    checks = tuple(checks)
+    width = max(len("check"), *(len(c.name) for c in checks))
+    lines = [f"{'check':<{width}}  {'measured':>10}  {'limit':>10}  result"]
+    for c in checks:
+        limit = f"{'>=' if c.at_least else '<='} {c.limit:.4g}"
+        lines.append(f"{c.name:<{width}}  {c.value:>10.4g}  {limit:>10}  {'ok' if c.passed else 'FAIL'}")
+    if measured_on:
+        isa = ", ".join(measured_on.get("isa", ())) or "none of note"
+        lines.append(f"measured on {measured_on.get('cpu', '?')} (instruction sets: {isa})")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -56,15 +84,13 @@ class ParityReport:
     def failures(self) -> tuple[OutputParity, ...]:
         return tuple(o for o in self.outputs if not o.passed)
 
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return tuple(Check(f"{o.name} max abs diff", o.max_abs_diff, o.tolerance) for o in self.outputs)
+
     def table(self) -> str:
-        """A fixed-width table of every output's max abs diff, one line each."""
-        width = max(len("output"), *(len(o.name) for o in self.outputs))
-        lines = [f"{'output':<{width}}  {'max abs diff':>12}  {'tolerance':>9}  result"]
-        for o in self.outputs:
-            lines.append(
-                f"{o.name:<{width}}  {o.max_abs_diff:>12.3e}  {o.tolerance:>9.0e}  {'ok' if o.passed else 'FAIL'}"
-            )
-        return "\n".join(lines)
+        """Every output's max abs diff against its tolerance, one line each (:func:`checks_table`)."""
+        return checks_table(self.checks)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ParityReport:
@@ -74,20 +100,6 @@ class ParityReport:
             description=str(data["description"]),
             outputs=tuple(OutputParity(**o) for o in data["outputs"]),
         )
-
-
-@dataclass(frozen=True)
-class Check:
-    """One measured quantity of a variant's gate and the limit it had to meet."""
-
-    name: str
-    value: float
-    limit: float
-    at_least: bool = False  # True: value >= limit passes; False: value <= limit passes
-
-    @property
-    def passed(self) -> bool:
-        return self.value >= self.limit if self.at_least else self.value <= self.limit
 
 
 @dataclass(frozen=True)
@@ -110,15 +122,7 @@ class VariantRecord:
         return tuple(c for c in self.checks if not c.passed)
 
     def table(self) -> str:
-        width = max(len("check"), *(len(c.name) for c in self.checks))
-        lines = [f"{'check':<{width}}  {'measured':>10}  {'limit':>10}  result"]
-        for c in self.checks:
-            limit = f"{'>=' if c.at_least else '<='} {c.limit:.4g}"
-            lines.append(f"{c.name:<{width}}  {c.value:>10.4g}  {limit:>10}  {'ok' if c.passed else 'FAIL'}")
-        if self.measured_on:
-            isa = ", ".join(self.measured_on.get("isa", ())) or "none of note"
-            lines.append(f"measured on {self.measured_on.get('cpu', '?')} (instruction sets: {isa})")
-        return "\n".join(lines)
+        return checks_table(self.checks, self.measured_on)
 
     @classmethod
     def from_parity(cls, file: str, devices: tuple[str, ...], report: ParityReport) -> VariantRecord:
@@ -126,7 +130,7 @@ class VariantRecord:
             file=file,
             devices=devices,
             gate=f"max abs diff to PyTorch fp32 per output, non-padded positions ({report.description})",
-            checks=tuple(Check(f"{o.name} max abs diff", o.max_abs_diff, o.tolerance) for o in report.outputs),
+            checks=report.checks,
         )
 
     @classmethod
@@ -242,10 +246,10 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if not self.variants:  # folders without a variants table hold the fp32 graph only
-            fp32 = VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], self.parity)
-            object.__setattr__(self, "variants", {"fp32": fp32})
+            fp32 = VariantRecord.from_parity(interface.MODEL_FILE, choices.get(choices.DEFAULT).devices, self.parity)
+            object.__setattr__(self, "variants", {choices.DEFAULT: fp32})
         for name, variant in self.variants.items():
-            if name not in interface.VARIANT_FILES or variant.file != interface.VARIANT_FILES[name]:
+            if name not in choices.CHOICES or variant.file != choices.CHOICES[name].file:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: unknown variant {name!r} ({variant.file})")
             if variant.file not in self.files:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {variant.file}")

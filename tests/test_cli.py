@@ -539,9 +539,10 @@ def test_info_shows_manifest(tiny_dir: Path) -> None:
     for name, digest in manifest.files.items():
         row(f"  {name}", f"sha256 {digest}")
     # The parity table: a header, then every output with its diff, tolerance and verdict.
-    assert re.search(r"^output\s+max abs diff\s+tolerance\s+result$", text, re.MULTILINE), text
+    assert re.search(r"^check\s+measured\s+limit\s+result$", text, re.MULTILINE), text
     for name in interface.output_names(TINY_LAYERS):
-        assert re.search(rf"^{re.escape(name)}\s+\S+\s+1e-04\s+ok$", text, re.MULTILINE), f"{name}\n{text}"
+        line = rf"^{re.escape(name)} max abs diff\s+\S+\s+<= 0\.0001\s+ok$"
+        assert re.search(line, text, re.MULTILINE), f"{name}\n{text}"
 
 
 def test_info_no_verify_skips_checksums(tiny_dir: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_onnx import interface
+from bert_onnx import choices, interface
 from bert_onnx.manifest import FORMAT_VERSION, ModelFolderError
 from bert_onnx.runtime import Encoder
 
@@ -175,8 +175,8 @@ def test_known_domains_are_what_our_variants_use(variants_dir: Path) -> None:
     from bert_onnx.runtime.graph_check import KNOWN_DOMAINS, operator_domains
 
     for variant in ("fp32", "opt", "int8"):
-        path = variants_dir / interface.VARIANT_FILES[variant]
+        path = variants_dir / choices.get(variant).file
         expected = {o.domain for o in onnx.load(str(path), load_external_data=False).opset_import}
         assert operator_domains(path) == expected
         assert expected <= KNOWN_DOMAINS
-    assert "com.microsoft" in operator_domains(variants_dir / interface.VARIANT_FILES["opt"])
+    assert "com.microsoft" in operator_domains(variants_dir / choices.get("opt").file)

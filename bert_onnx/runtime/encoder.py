@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from bert_onnx import interface, machine
+from bert_onnx import choices, interface, machine
+from bert_onnx._checks import check_choice
+from bert_onnx.choices import Choice
 from bert_onnx.errors import InvalidTypeError, InvalidValueError
 from bert_onnx.manifest import Manifest, ModelFolderError
-from bert_onnx.runtime import profile
+from bert_onnx.runtime import backends
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
 from bert_onnx.runtime.pooling import DenseLayer, Pooling
-from bert_onnx.runtime.profile import choice_options
 from bert_onnx.runtime.recipe import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
@@ -29,7 +29,7 @@ from bert_onnx.runtime.recipe import (
     folder_recipe,
     recipe_for,
 )
-from bert_onnx.runtime.runners import BACKENDS, OnnxRuntimeRunner, Runner, check_options
+from bert_onnx.runtime.runners import OnnxRuntimeRunner, Runner
 from bert_onnx.runtime.session import DEVICES, default_cache_dir
 from bert_onnx.runtime.tokenizer import Padding, TokenizedBatch, Tokenizer
 
@@ -51,19 +51,6 @@ class EncoderOutput:
     last_hidden_state: np.ndarray
     pooler_output: np.ndarray
     hidden_states: tuple[np.ndarray, ...] | None
-
-
-def int8_clips_here(manifest: Manifest) -> str | None:
-    """Why a folder's int8 graph computes differently on this CPU than where its gate was measured, if it does:
-    signed int8 weights on a CPU without VNNI, whose kernels add products in saturating int16."""
-    if "int8" not in manifest.variants or manifest.extra.get("int8_weights", "s8") != "s8":
-        return None
-    if machine.has_vnni():
-        return None
-    return (
-        "its weights are signed (exported on a CPU with VNNI) and this CPU has no VNNI, so ONNX Runtime's int8 "
-        "kernels clip large products here; re-export on this machine for an int8 graph that is exact on it"
-    )
 
 
 class Encoder:
@@ -109,65 +96,38 @@ class Encoder:
     ) -> None:
         if not isinstance(session_cache, (bool, str, Path)):
             raise InvalidTypeError(f"session_cache={session_cache!r} must be True, False or a folder path")
-        if device not in DEVICES:
-            raise InvalidValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
-        if backend is not None and backend not in BACKENDS:
-            raise InvalidValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+        if io_binding is not None and not isinstance(io_binding, bool):
+            raise InvalidTypeError(f"io_binding={io_binding!r} must be True, False or None")
+        check_choice("device", device, tuple(DEVICES))
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
         self.manifest = Manifest.read(self.model_dir)
-        if variant is not None or precision is not None:
-            backend = backend or "onnxruntime"
-            self.picked_by = "asked for"
-        else:
-            wanted = backend
-            pick = profile.lookup(
-                self.manifest, device, threads, lambda name: wanted in (None, choice_options(name)["backend"])
-            )
-            options = choice_options(pick.name or ("openvino-fp32" if backend == "openvino" else "fp32"))
-            backend, variant, precision = options["backend"], options["variant"], options["precision"]
-            self.picked_by = pick.reason
-        assert backend is not None
-        variant = check_options(backend, device, variant, io_binding, precision)
-        self.backend = backend
-        self.threads = threads
-        self.variant = self._choose_variant(variant, device)
-        model_file = self.manifest.variants[self.variant].file
+        resolved = backends.resolve(self.manifest, device, threads, variant, backend, precision)
+        runs = backends.backend_of(resolved.choice)
+        runs.check_options(device, io_binding)
+        backends.check_runnable(self.manifest, self.model_dir, resolved, device)
+        self.choice_spec: Choice = resolved.choice
+        self.pick = resolved.pick
+        self.device, self.threads = device, threads
+        model_file = self.choice_spec.file
         if verify:
             self.manifest.verify_files(self.model_dir, [model_file, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
-        self.device = device
         self.tokenizer = Tokenizer.from_file(
             self.model_dir / interface.TOKENIZER_FILE, pad_token_id=self.manifest.pad_token_id
         )
-        cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
         check_domains(self.model_dir / model_file)
-        self.precision: str | None = None
-        self.runner: Runner
-        if backend == "openvino":
-            from bert_onnx.runtime import openvino_backend
-
-            self.precision = precision or "fp32"
-            # The runner checks the precision (name, CPU support, what OpenVINO compiled) before the gate lookup.
-            self.runner = openvino_backend.OpenVINOSession(
-                self.model_dir / model_file, self.precision, threads, cache_dir
-            )
-            gate = interface.OPENVINO_VARIANTS[self.precision]
-            if gate not in self.manifest.variants and not self.picked_by.startswith(profile.TUNED):
-                warnings.warn(
-                    f"bert-onnx: OpenVINO {self.precision} was not validated for {self.model_dir} at export; "
-                    f"export with --variants fp32,{gate} to check it against PyTorch and record its gate",
-                    stacklevel=2,
-                )
-        else:
-            self.runner = OnnxRuntimeRunner(
-                self.model_dir / model_file,
-                device=device,
-                threads=threads,
-                io_binding=io_binding,
-                cache_dir=cache_dir if verify else None,
-                model_sha256=self.manifest.files[model_file],
-            )
+        cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
+        opening = backends.Opening(
+            self.model_dir / model_file,
+            device,
+            threads,
+            io_binding,
+            cache_dir if verify or self.choice_spec.backend != "onnxruntime" else None,
+            self.manifest.files[model_file],
+        )
+        self.runner: Runner = runs.open(self.choice_spec, opening)
+        backends.warn_unvouched(self.manifest, self.model_dir, resolved)
         self.io_binding = isinstance(self.runner, OnnxRuntimeRunner) and self.runner.io_binding
         if self.runner.output_names != self.manifest.output_names or self.runner.input_names != interface.INPUT_NAMES:
             raise ModelFolderError(
@@ -175,37 +135,31 @@ class Encoder:
                 f"{list(self.runner.output_names)} do not match {interface.MANIFEST_FILE}"
             )
 
-    def _choose_variant(self, variant: str | None, device: str) -> str:
-        stored = self.manifest.variants
-        clipped = int8_clips_here(self.manifest)
-        if variant is None:  # OpenVINO: it compiles model.onnx
-            return "fp32"
-        if variant in interface.OPENVINO_VARIANTS.values():
-            precision = variant.removeprefix("openvino-")
-            raise InvalidValueError(
-                f"variant={variant!r} is the gate of OpenVINO running model.onnx; "
-                f"use backend='openvino', precision={precision!r}"
-            )
-        if variant not in interface.VARIANTS:
-            raise InvalidValueError(f"variant={variant!r} is not one of {', '.join(interface.VARIANTS)}")
-        if variant not in stored:
-            raise InvalidValueError(
-                f"variant={variant!r} is not in {self.model_dir} (it has {', '.join(stored)}); "
-                f"export it with --variants {variant}"
-            )
-        if device not in stored[variant].devices:
-            raise InvalidValueError(
-                f"variant={variant!r} runs on {', '.join(stored[variant].devices)}, not device={device!r}"
-            )
-        if variant == "int8" and clipped:
-            warnings.warn(f"bert-onnx: int8's export gate does not hold here: {clipped}", stacklevel=3)
-        return variant
-
     @property
     def choice(self) -> str:
-        """What runs, as ``bert-onnx tune`` names it: "fp32", "opt", "int8", "fp16", "openvino-fp32" or
-        "openvino-bf16"."""
-        return profile.choice_of(self.backend, self.variant, self.precision)
+        """What runs, as the registry (:mod:`bert_onnx.choices`) and ``bert-onnx tune`` name it."""
+        return self.choice_spec.name
+
+    @property
+    def backend(self) -> str:
+        return self.choice_spec.backend
+
+    @property
+    def variant(self) -> str | None:
+        """The stored graph's name (``Encoder(variant=...)``); for a backend compiling ``model.onnx``, "fp32"."""
+        return self.choice_spec.variant or next(
+            (c.variant for c in choices.CHOICES.values() if c.variant and c.file == self.choice_spec.file), None
+        )
+
+    @property
+    def precision(self) -> str | None:
+        """The precision a compiling backend was asked for (``None`` under ONNX Runtime: the graph decides)."""
+        return None if self.choice_spec.backend == "onnxruntime" else self.choice_spec.precision
+
+    @property
+    def picked_by(self) -> str:
+        """Why this choice runs: "asked for", the tuned profile's pick, or the default and why."""
+        return self.pick.reason
 
     def describe(self) -> dict[str, Any]:
         """What runs here and why: the folder, device, backend, variant, precision, threads, the tuned-profile

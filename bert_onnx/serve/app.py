@@ -87,7 +87,7 @@ class EmbeddingServer:
         self.metrics.model.info(
             {
                 "folder": str(encoder.model_dir),
-                "variant": encoder.variant,
+                "variant": encoder.variant or "",
                 "backend": encoder.backend,
                 "precision": encoder.precision or "",
             }
