@@ -648,7 +648,7 @@ def _show_library_log() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "embed" and args.input is None and args.input_option is None:
+    if getattr(args, "command", None) == "embed" and args.input is None and args.input_option is None:
         parser.error("embed needs an input: bert-onnx embed DIR FILE (or --input FILE)")
     _show_library_log()
     try:
