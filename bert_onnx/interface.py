@@ -28,6 +28,9 @@ CHECKSUMMED_FILES: tuple[str, ...] = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE)
 # PyTorch's reference outputs for the accuracy gates (bert_onnx.gates), for `bert-onnx verify` and `tune`; also
 # checksummed. Folders from before it existed load and run, but cannot be verified or tuned.
 GATES_FILE = "gates.npz"
+# The weights of the Dense layers a sentence-transformers recipe applies after pooling (``name.weight``,
+# ``name.bias``, ``name.residual`` float32 arrays), present only when the recipe has some; also checksummed.
+RECIPE_WEIGHTS_FILE = "recipe.npz"
 
 # The gate export validation applies to every fp32 output (max abs diff to PyTorch, non-padded positions).
 FP32_TOLERANCE = 1e-4

@@ -17,8 +17,9 @@ from bert_onnx._files import atomic_write_text
 from bert_onnx.errors import BertOnnxError
 
 FORMAT = "bert-onnx"
-# Bump when a reader of the previous version would misread the folder.
-FORMAT_VERSION = 1
+# Bump when a reader of the previous version would misread the folder. 2: the folder carries its embedding recipe
+# (``Manifest.recipe``), which a version-1 reader would ignore, giving other vectors than the model's.
+FORMAT_VERSION = 2
 
 
 class ModelFolderError(BertOnnxError, ValueError):
@@ -143,6 +144,80 @@ class VariantRecord:
         )
 
 
+RECIPE_ORIGINS: tuple[str, ...] = ("none", "sentence-transformers")
+
+
+@dataclass(frozen=True)
+class RecipeRecord:
+    """The embedding recipe a folder carries, and where it came from.
+
+    ``origin`` "none" (the checkpoint had no sentence-transformers files, or the folder is older than this record):
+    no recipe, so ``Encoder.embed`` keeps its own default ([CLS], not normalized, the model's length).
+    "sentence-transformers": read at export from ``files`` (modules.json, 1_Pooling/config.json, ...). ``recipe``
+    holds :class:`~bert_onnx.runtime.recipe.EmbedRecipe` fields (the runtime validates them); ``dense`` the Dense
+    layers' shapes and activations, their weights in :data:`~bert_onnx.interface.RECIPE_WEIGHTS_FILE`. ``prompts``
+    maps prompt names to the text prepended to every input; ``default_prompt_name`` is the one used when none is
+    asked for. ``understood`` is False when the export met files or modules it does not understand and was told to
+    go on (``--allow-unknown-modules``): then ``problems`` says what, and nothing of the recipe is applied.
+    """
+
+    origin: str = "none"
+    understood: bool = True
+    recipe: dict[str, Any] = field(default_factory=dict)
+    dense: tuple[dict[str, Any], ...] = ()
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+    files: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"{interface.MANIFEST_FILE}: recipe"
+        if self.origin not in RECIPE_ORIGINS:
+            raise ModelFolderError(f"{where} origin {self.origin!r} is not one of {', '.join(RECIPE_ORIGINS)}")
+        if self.origin == "none" and (self.recipe or self.dense or self.prompts or not self.understood):
+            raise ModelFolderError(f"{where}: origin 'none' carries no recipe")
+        if not self.understood and not self.problems:
+            raise ModelFolderError(f"{where}: marked not understood without saying why")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ModelFolderError(f"{where}: default prompt {self.default_prompt_name!r} is not among its prompts")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()):
+            raise ModelFolderError(f"{where}: prompts must map names to texts")
+
+    @property
+    def carried(self) -> bool:
+        """Whether the folder carries a recipe of its own (understood or not)."""
+        return self.origin != "none"
+
+    def summary(self) -> str:
+        """One line: where the recipe came from and what it is, or that there is none."""
+        if not self.carried:
+            return "none: the checkpoint had no sentence-transformers files; Encoder.embed's own default applies"
+        read = f"{self.origin} ({', '.join(self.files)})"
+        if not self.understood:
+            return f"NOT UNDERSTOOD, nothing of it is applied: {'; '.join(self.problems)} [{read}]"
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.recipe.items())
+        return f"{fields} [from {read}]"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecipeRecord:
+        return cls(
+            origin=str(data.get("origin", "none")),
+            understood=bool(data.get("understood", True)),
+            recipe=dict(data.get("recipe") or {}),
+            dense=tuple(dict(d) for d in data.get("dense") or ()),
+            prompts=dict(data.get("prompts") or {}),
+            default_prompt_name=data.get("default_prompt_name"),
+            similarity_fn_name=data.get("similarity_fn_name"),
+            files=tuple(data.get("files") or ()),
+            modules=tuple(data.get("modules") or ()),
+            problems=tuple(data.get("problems") or ()),
+            notes=tuple(data.get("notes") or ()),
+        )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to trust and describe a model folder."""
@@ -167,6 +242,7 @@ class Manifest:
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, VariantRecord] = field(default_factory=dict)
+    recipe: RecipeRecord = field(default_factory=RecipeRecord)  # folders from before it: no recipe
 
     def __post_init__(self) -> None:
         if not self.variants:  # folders without a variants table hold the fp32 graph only
@@ -194,6 +270,11 @@ class Manifest:
         missing = [name for name in interface.CHECKSUMMED_FILES if name not in self.files]
         if missing:
             raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {', '.join(missing)}")
+        if self.recipe.dense and interface.RECIPE_WEIGHTS_FILE not in self.files:
+            raise ModelFolderError(
+                f"{interface.MANIFEST_FILE}: the recipe has dense layers but no checksum for "
+                f"{interface.RECIPE_WEIGHTS_FILE}"
+            )
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -239,8 +320,9 @@ class Manifest:
                 created=str(data.get("created", "")),
                 extra=dict(data.get("extra", {})),
                 variants={name: VariantRecord.from_dict(v) for name, v in data.get("variants", {}).items()},
+                recipe=RecipeRecord.from_dict(data.get("recipe") or {}),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ModelFolderError):
                 raise
             raise ModelFolderError(f"{interface.MANIFEST_FILE}: malformed manifest ({exc!r})") from exc

@@ -27,6 +27,12 @@ CHECKPOINT_NAMES = {
     "tiny": "tiny-random-bert",
     "minilm": "all-MiniLM-L6-v2",
     "base": "bert-base-uncased-arch-random-weights",
+    # sentence-transformers layouts (scripts/checkpoints_st.py)
+    "st-minilm": "st-all-MiniLM-L6-v2",
+    "st-cls-dense": "st-minilm-cls-dense",
+    "st-prompts": "st-minilm-prompts",
+    "st-truncate-dim": "st-minilm-truncate-dim",
+    "tiny-st-max": "st-tiny-max-legacy",
 }
 
 

@@ -456,7 +456,7 @@ EMBED_FAILURES = [
     EmbedCase("model-dir-missing", model="{tmp}/no-model", needles=("no-model", "not a folder")),
     EmbedCase("model-byte-flipped", tamper=flip_model_byte, needles=("model.onnx", "SHA-256", "does not match")),
     EmbedCase("tokenizer-missing", tamper=remove_tokenizer, needles=("tokenizer.json", "missing")),
-    EmbedCase("bad-pooling", extra=("--pooling", "max"), code=2, needles=("--pooling", "invalid choice", "max")),
+    EmbedCase("bad-pooling", extra=("--pooling", "avg"), code=2, needles=("--pooling", "invalid choice", "avg")),
     # A leading minus needs --layers=...; argparse reads "-2:" as an option (the help says so).
     EmbedCase("layers-leading-minus-without-equals", extra=("--layers", "-2:"), code=2, needles=("--layers",)),
     EmbedCase("layers-out-of-range", extra=("--layers", "3"), needles=("layer 3 is out of range", f"0..{TINY_LAYERS}")),

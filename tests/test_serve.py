@@ -158,8 +158,12 @@ def test_openai_sdk_equals_embed_alone(variants_dir: Path, variant: str, toleran
         with pytest.raises(openai.UnprocessableEntityError, match="this server tokenizes text itself"):
             client.embeddings.create(model="m", input=ids)
 
-        with pytest.raises(openai.UnprocessableEntityError, match="dimensions is not supported"):
-            client.embeddings.create(model="m", input="x", dimensions=64)
+        # OpenAI's dimensions: the first N values, renormalized (the server's recipe normalizes).
+        cut = client.embeddings.create(model="m", input=TEXTS[:3], dimensions=64)
+        expected_cut = alone(encoder, TEXTS[:3], pooling="mean", normalize=True, dimensions=64)
+        np.testing.assert_allclose([d.embedding for d in cut.data], expected_cut, rtol=0, atol=tolerance)
+        with pytest.raises(openai.UnprocessableEntityError, match=r"dimensions=385 must be in \[1, 384\]"):
+            client.embeddings.create(model="m", input="x", dimensions=385)
     finally:
         assert server.stop() == 0, server.stderr()
 

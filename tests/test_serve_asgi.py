@@ -110,7 +110,7 @@ def test_per_request_recipe_and_lengths(default: TestClient, tiny: Encoder) -> N
     max_length and truncation, checked the same way."""
     recipe = {"pooling": "mean", "layers": [0, -1], "combine": "concat", "normalize": True, "max_length": 6}
     reply = post(default, "/embed", {"input": ["I love Korea very much indeed"], **recipe, "truncation": True})
-    assert reply.json()["recipe"] == {**recipe, "truncation": True}
+    assert reply.json()["recipe"] == {**recipe, "truncation": True, "dimensions": None}
     assert reply.json()["dim"] == 2 * tiny.hidden_size
     expected = tiny.embed(["I love Korea very much indeed"], **{**recipe, "layers": (0, -1)})
     np.testing.assert_allclose(vectors(reply), expected, rtol=0, atol=1e-5)

@@ -18,6 +18,7 @@ from bert_onnx.export.checkpoint import resolve_checkpoint
 from bert_onnx.export.corpus import split
 from bert_onnx.export.errors import ExportError, ParityError, VariantGateError
 from bert_onnx.export.graph import DEFAULT_OPSET, SUPPORTED_OPSETS, export_graph, load_model
+from bert_onnx.export.sentence_transformers import read_layout
 from bert_onnx.export.tokenizer import convert_tokenizer
 from bert_onnx.export.validate import SHORT_ROWS, parity
 from bert_onnx.gates import References
@@ -98,6 +99,7 @@ def export_model(
     revision: str | None = None,
     variants: Sequence[str] = ("fp32",),
     log: Callable[[str], None] = _log.info,
+    allow_unknown_modules: bool = False,
 ) -> Manifest:
     """Export ``model`` (hub id or checkpoint folder) to the folder ``output`` and return its manifest.
 
@@ -108,6 +110,10 @@ def export_model(
     ``variants`` adds faster graphs beside ``model.onnx`` ("opt", "int8", "fp16"; see
     :mod:`bert_onnx.export.variants`); each must pass its own gate or the export fails (:class:`VariantGateError`).
     Progress and the parity tables go to ``log`` (default: the ``bert_onnx.export.pipeline`` logger at INFO).
+
+    A sentence-transformers checkpoint's recipe (pooling, Dense layers, normalization, length, prompts) is read
+    and recorded as the folder's default (:mod:`bert_onnx.export.sentence_transformers`); what it cannot apply
+    fails the export (``LayoutError``), or with ``allow_unknown_modules`` is recorded as not understood.
     """
     output = Path(output)
     chosen = check_variants(variants)
@@ -134,6 +140,12 @@ def export_model(
     with staging_dir(output) as staged:
         step("converting the tokenizer")
         converted = convert_tokenizer(checkpoint.path, int(config.vocab_size), staged / interface.TOKENIZER_FILE)
+        layout = read_layout(
+            checkpoint.path, int(config.hidden_size), max_length, converted.model_max_length, allow_unknown_modules
+        )
+        recipe_files = layout.write(staged)
+        if layout.record.carried:
+            log(f"recipe: {layout.record.summary()}")
         atomic_write_text(staged / interface.CONFIG_FILE, config.to_json_string())
         step(f"exporting {num_layers} layers, hidden size {config.hidden_size}, opset {opset}")
         export_graph(bert, staged / interface.MODEL_FILE, opset=opset)
@@ -198,7 +210,12 @@ def export_model(
             outputs=interface.output_axes(num_layers),
             files={
                 name: sha256_file(staged / name)
-                for name in (*interface.CHECKSUMMED_FILES, interface.GATES_FILE, *(r.file for r in records.values()))
+                for name in (
+                    *interface.CHECKSUMMED_FILES,
+                    interface.GATES_FILE,
+                    *recipe_files,
+                    *(r.file for r in records.values()),
+                )
             },
             parity=report,
             notes=tuple(notes),
@@ -210,6 +227,7 @@ def export_model(
                 **extra,
             },
             variants=records,
+            recipe=layout.record,
         )
         manifest.write(staged)
         install_dir(staged, output, replace=force)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,15 @@ from bert_onnx.runtime import backends
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.pooling import DenseLayer, Pooling
+from bert_onnx.runtime.recipe import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_TOKENS,
+    Batching,
+    EmbedRecipe,
+    folder_recipe,
+    recipe_for,
+)
 from bert_onnx.runtime.runners import OnnxRuntimeRunner, Runner
 from bert_onnx.runtime.session import DEVICES, default_cache_dir
 from bert_onnx.runtime.tokenizer import Padding, TokenIds, TokenizedBatch, Tokenizer
@@ -153,7 +163,9 @@ class Encoder:
 
     def describe(self) -> dict[str, Any]:
         """What runs here and why: the folder, device, backend, variant, precision, threads, the tuned-profile
-        decision (``picked_by``), and this CPU."""
+        decision (``picked_by``), the folder's recipe (what ``embed`` does by default, and where it came from) and
+        its prompts, and this CPU."""
+        record = self.manifest.recipe
         return {
             "model_dir": str(self.model_dir),
             "device": self.device,
@@ -163,6 +175,12 @@ class Encoder:
             "precision": self.precision,
             "threads": self.threads,
             "picked_by": self.picked_by,
+            "recipe": record.summary(),
+            "recipe_origin": record.origin if record.understood else f"{record.origin} (not understood)",
+            "default_recipe": self.default_recipe.to_dict() if record.understood else None,
+            "prompts": dict(record.prompts),
+            "default_prompt_name": record.default_prompt_name,
+            "similarity_fn_name": record.similarity_fn_name,
             **machine.describe(),
         }
 
@@ -266,56 +284,167 @@ class Encoder:
         batch = self.tokenizer(check_texts(texts), max_length=max_length, padding=padding, truncation=truncation)
         return self._output(batch, output_hidden_states)
 
+    # -- vectors ---------------------------------------------------------------------------------------------
+
+    @property
+    def default_recipe(self) -> EmbedRecipe:
+        """The recipe this folder carries (read from its sentence-transformers files at export), or
+        ``EmbedRecipe()`` when it has none; raises ``RecipeNotUnderstoodError`` when its recipe was not understood.
+        ``describe()["recipe"]`` and ``bert-onnx info`` say which and where it came from."""
+        return folder_recipe(self.manifest.recipe, str(self.model_dir))
+
+    def resolve_recipe(self, **given: Any) -> EmbedRecipe:
+        """:attr:`default_recipe` with each field of ``given`` that is not ``None`` in its place (``pooling``,
+        ``layers``, ``combine``, ``normalize``, ``max_length``, ``truncation``, ``prompt``, ``include_prompt``,
+        ``dimensions``), and ``prompt_name`` naming one of the folder's prompts (``describe()["prompts"]``)."""
+        return recipe_for(self.manifest.recipe, str(self.model_dir), **given)
+
+    @functools.cached_property
+    def _dense_layers(self) -> dict[str, DenseLayer]:
+        """The folder's Dense layers, loaded once from their verified weights file (empty if it has none)."""
+        records = self.manifest.recipe.dense
+        if not records:
+            return {}
+        name = interface.RECIPE_WEIGHTS_FILE
+        self.manifest.verify_files(self.model_dir, [name])
+        with np.load(self.model_dir / name, allow_pickle=False) as weights:
+            arrays = {key: np.asarray(weights[key], dtype=np.float32) for key in weights.files}
+        try:
+            return {
+                str(r["name"]): DenseLayer(
+                    name=str(r["name"]),
+                    weight=arrays[f"{r['name']}.weight"],
+                    bias=arrays.get(f"{r['name']}.bias"),
+                    activation=str(r["activation"]),
+                    use_residual=bool(r.get("use_residual", False)),
+                    residual=arrays.get(f"{r['name']}.residual"),
+                )
+                for r in records
+            }
+        except (KeyError, ValueError) as exc:
+            raise ModelFolderError(f"{self.model_dir / name}: does not hold the recipe's dense layers ({exc})") from exc
+
+    def prompt_length(self, prompt: str | None, max_length: int) -> int:
+        """How many tokens a ``prompt`` takes at the start of every text, as sentence-transformers counts them: the
+        prompt tokenized alone (cut to ``max_length``), less a closing special token ([SEP])."""
+        if not prompt:
+            return 0
+        ids = list(self.tokenizer.encodings([prompt], max_length)[0].ids)
+        special = {int(i) for i, token in self.tokenizer.backend.get_added_tokens_decoder().items() if token.special}
+        return len(ids) - (1 if ids and ids[-1] in special else 0)
+
+    def pooling_for(self, recipe: EmbedRecipe) -> Pooling:
+        """The vector step of ``recipe`` for this model: layers checked, dense layers loaded, the prompt's length
+        counted, ``dimensions`` checked against the vector's length."""
+        if not isinstance(recipe, EmbedRecipe):
+            raise InvalidTypeError(f"recipe={recipe!r} must be an EmbedRecipe")
+        layers = self._dense_layers
+        missing = [name for name in recipe.dense if name not in layers]
+        if missing:
+            have = ", ".join(layers) or "none"
+            raise InvalidValueError(f"dense layer(s) {', '.join(missing)} are not in {self.model_dir} (it has {have})")
+        prompt_length = (
+            0 if recipe.include_prompt else self.prompt_length(recipe.prompt, self._check_max_length(recipe.max_length))
+        )
+        pooling = Pooling.create(
+            recipe.modes,
+            recipe.layers,
+            recipe.combine,
+            recipe.normalize,
+            self.num_layers,
+            tuple(layers[name] for name in recipe.dense),
+            None,
+            prompt_length,
+        )
+        width = pooling.pooled_dim(self.hidden_size)
+        for layer in pooling.dense:
+            if layer.in_features != width:
+                raise InvalidValueError(
+                    f"dense layer {layer.name} takes vectors of {layer.in_features} values, but this recipe's "
+                    f"are {width} long here"
+                )
+            width = layer.out_features
+        if recipe.dimensions is not None and recipe.dimensions > width:
+            raise InvalidValueError(
+                f"dimensions={recipe.dimensions} must be in [1, {width}]: this recipe's vectors have {width} values"
+            )
+        return dataclasses.replace(pooling, dimensions=recipe.dimensions)
+
+    def dim(self, recipe: EmbedRecipe | None = None) -> int:
+        """Length of each vector of ``recipe`` (default: :attr:`default_recipe`)."""
+        return self.pooling_for(self.default_recipe if recipe is None else recipe).dim(self.hidden_size)
+
     def embed(
         self,
         texts: str | Sequence[str],
-        pooling: str = "cls",
+        pooling: str | Sequence[str] | None = None,
         layers: int | Sequence[int] | None = None,
-        combine: str = "concat",
-        normalize: bool = False,
-        batch_size: int = 32,
+        combine: str | None = None,
+        normalize: bool | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int | None = None,
-        truncation: bool = True,
+        truncation: bool | None = None,
         progress: Callable[[int], object] | None = None,
-        max_tokens: int = 8192,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        include_prompt: bool | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray:
         """One float32 vector per text, shape ``(len(texts), dim)``, in input order.
 
-        The keywords are an :class:`~bert_onnx.runtime.recipe.EmbedRecipe`'s fields: ``pooling`` "cls", "pooler"
-        (``pooler_output``) or "mean"; ``layers`` pools hidden states instead of ``last_hidden_state`` (e.g.
-        ``[-4, -3, -2, -1]``) and ``combine`` joins them, "concat" (dim = hidden * len(layers)) or "mean";
-        ``normalize`` scales each vector to unit length. See :meth:`embed_recipe`.
+        By default, the folder's own recipe (:attr:`default_recipe`: a sentence-transformers checkpoint's pooling,
+        Dense layers, normalization, length and default prompt; else [CLS], not normalized, the model's length).
+        Each keyword given replaces that field (an :class:`~bert_onnx.runtime.recipe.EmbedRecipe`'s): ``pooling``
+        "cls", "pooler", "mean", "max", "mean_sqrt_len_tokens", "weightedmean" or "lasttoken"; ``layers`` pools
+        hidden states instead of ``last_hidden_state`` (e.g. ``[-4, -3, -2, -1]``) and ``combine`` joins them,
+        "concat" (dim = hidden * len(layers)) or "mean"; ``normalize`` scales each vector to unit length;
+        ``prompt_name`` picks one of the folder's prompts (``prompt`` gives the text itself, ``""`` none);
+        ``dimensions`` keeps the first N values (then renormalized when the recipe normalizes). ``batch_size`` and
+        ``max_tokens`` bound a batch (:class:`~bert_onnx.runtime.recipe.Batching`). See :meth:`embed_recipe`.
         """
-        recipe = EmbedRecipe(
+        recipe = self.resolve_recipe(
             pooling=pooling,
-            layers=layers,  # type: ignore[arg-type]  # EmbedRecipe normalizes an int or a sequence to a tuple
+            layers=layers,
             combine=combine,
             normalize=normalize,
             max_length=max_length,
             truncation=truncation,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
+            prompt=prompt,
+            prompt_name=prompt_name,
+            include_prompt=include_prompt,
+            dimensions=dimensions,
         )
-        return self.embed_recipe(texts, recipe, progress)
+        return self.embed_recipe(texts, recipe, progress, batching=Batching(batch_size, max_tokens))
 
     def embed_recipe(
-        self, texts: str | Sequence[str], recipe: EmbedRecipe, progress: Callable[[int], object] | None = None
+        self,
+        texts: str | Sequence[str],
+        recipe: EmbedRecipe | None = None,
+        progress: Callable[[int], object] | None = None,
+        *,
+        batching: Batching | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` by ``recipe``: shape ``(len(texts), recipe.dim(hidden_size))``, in input order.
+        """Embed ``texts`` by ``recipe`` (default: :attr:`default_recipe`), exactly that recipe: shape
+        ``(len(texts), self.dim(recipe))``, in input order.
 
-        Texts are sorted by length into batches of at most ``recipe.batch_size`` texts and ``recipe.max_tokens``
-        padded tokens (:mod:`bert_onnx.runtime.batching`), each padded only to its own longest text, and only the
-        outputs the recipe needs are fetched. A text's vector does not depend on its batch. ``progress(n)`` is
-        called after each batch with the number of texts it finished.
+        Texts (the recipe's prompt prepended) are sorted by length into batches of at most ``batching.batch_size``
+        texts and ``batching.max_tokens`` padded tokens (:mod:`bert_onnx.runtime.batching`), each padded only to
+        its own longest text, and only the outputs the recipe needs are fetched. A text's vector does not depend on
+        its batch. ``progress(n)`` is called after each batch with the number of texts it finished.
         """
-        if not isinstance(recipe, EmbedRecipe):
-            raise InvalidTypeError(f"recipe={recipe!r} must be an EmbedRecipe")
-        pooling = recipe.pooling_for(self.num_layers)
+        recipe = self.default_recipe if recipe is None else recipe
+        batching = Batching() if batching is None else batching
+        if not isinstance(batching, Batching):
+            raise InvalidTypeError(f"batching={batching!r} must be a Batching")
+        pooling = self.pooling_for(recipe)
         batch = check_texts(texts)
         max_length = self._check_max_length(recipe.max_length)
-        if recipe.max_tokens < max_length:
-            raise InvalidValueError(f"max_tokens={recipe.max_tokens!r} must be an int >= max_length ({max_length})")
-        result = np.empty((len(batch), recipe.dim(self.hidden_size)), dtype=np.float32)
+        batching.check_length(max_length)
+        if recipe.prompt is not None:
+            batch = [recipe.prompt + text for text in batch]
+        result = np.empty((len(batch), pooling.dim(self.hidden_size)), dtype=np.float32)
         # Tokenized a window at a time, so memory beyond ``result`` stays bounded whatever the number of texts.
         for offset in range(0, len(batch), EMBED_WINDOW):
             window = batch[offset : offset + EMBED_WINDOW]
@@ -324,8 +453,8 @@ class Encoder:
                 window,
                 max_length,
                 recipe.truncation,
-                recipe.batch_size,
-                recipe.max_tokens,
+                batching.batch_size,
+                batching.max_tokens,
                 first_index=offset,
             )
             for rows, tokens in batches:

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from bert_onnx import __version__, interface, machine
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.encoder import Encoder
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.recipe import EmbedRecipe, prompt_named
 from bert_onnx.runtime.tokenizer import TokenIds
 from bert_onnx.serve.batcher import Batcher, BatcherClosed, Kind, Outputs, QueueFull
 from bert_onnx.serve.metrics import Metrics
@@ -83,11 +83,11 @@ class EmbeddingServer:
         self.recipe = recipe
         self.settings = settings
         self.model_name = model_name or encoder.model_dir.resolve().name
-        recipe.pooling_for(encoder.num_layers)  # the layers exist in this model
+        self.pooling = encoder.pooling_for(recipe)  # the layers exist in this model, the prompt, dense layers
         self.max_length = recipe.max_length or encoder.max_length
         if self.max_length > encoder.max_length:
             raise InvalidValueError(f"max_length={self.max_length} is over the model's {encoder.max_length}")
-        self.dim = recipe.dim(encoder.hidden_size)
+        self.dim = self.pooling.dim(encoder.hidden_size)
         self.tokens = RouteTokenizer(encoder.tokenizer, encoder.manifest.vocab_size)
         self.batcher: Batcher | None = None
         self.metrics = Metrics(lambda: self.batcher.in_flight if self.batcher is not None else 0)
@@ -237,13 +237,15 @@ class EmbeddingServer:
     async def _embeddings(self, request: Request) -> Response:
         """``POST /v1/embeddings``, OpenAI's embeddings API over the command line's recipe."""
         data = await self._body(request)
-        fields = ("input", "model", "encoding_format", "user", *recipe_fields(openai=True))
+        fields = ("input", "model", "encoding_format", "user", "prompt_name", *recipe_fields(openai=True))
         check_fields(data, fields, "POST /v1/embeddings", hints=openai_refused(self.dim))
         model = optional(data, "model", str, self.model_name, "a string")
         encoding_format = parse_encoding_format(data)
         optional(data, "user", str, None, "a string")
         inputs = self._input(data, allow_empty_text=False)
-        recipe = recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length, openai=True)
+        recipe = self._prompt_named(
+            data, recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length, openai=True)
+        )
         hint = "this server's recipe has truncation off"
         vectors, usage = await self._vectors(request, inputs, recipe, hint)
         return await _json_response(
@@ -254,10 +256,12 @@ class EmbeddingServer:
     async def _embed(self, request: Request) -> Response:
         """``POST /embed``: like ``/v1/embeddings``, with a recipe of the request's own."""
         data = await self._body(request)
-        check_fields(data, ("input", "encoding_format", *recipe_fields(openai=False)), "POST /embed")
+        check_fields(data, ("input", "encoding_format", "prompt_name", *recipe_fields(openai=False)), "POST /embed")
         encoding_format = parse_encoding_format(data)
         inputs = self._input(data, allow_empty_text=True)
-        recipe = recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length)
+        recipe = self._prompt_named(
+            data, recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length)
+        )
         hint = 'send "truncation": true to cut it' if not recipe.truncation else ""
         vectors, usage = await self._vectors(request, inputs, recipe, hint)
         return await _json_response(
@@ -275,10 +279,34 @@ class EmbeddingServer:
         self, request: Request, inputs: Inputs, recipe: EmbedRecipe, hint: str
     ) -> tuple[np.ndarray, dict[str, int]]:
         """``inputs`` embedded by ``recipe``, and the request's usage (tokens run, [CLS] and [SEP] included)."""
+        try:  # the request's layers, dimensions and prompt against this model
+            pooling = self.pooling if recipe == self.recipe else self.encoder.pooling_for(recipe)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(422, str(exc), "dimensions" if "dimensions" in str(exc) else None) from None
         max_length = recipe.max_length or self.encoder.max_length
-        tokens = await self._tokenize_inputs(inputs, max_length, recipe.truncation, hint)
-        vectors = await self._run(request, tokens, recipe.pooling_for(self.encoder.num_layers))
+        tokens = await self._tokenize_inputs(self._prompted(inputs, recipe), max_length, recipe.truncation, hint)
+        vectors = await self._run(request, tokens, pooling)
         return vectors, _usage(sum(len(t.ids) for t in tokens))
+
+    def _prompt_named(self, data: dict[str, Any], recipe: EmbedRecipe) -> EmbedRecipe:
+        """``recipe`` with the request's ``prompt_name`` (one of the folder's prompts) in place of its prompt."""
+        name = optional(data, "prompt_name", str, None, "a string")
+        if name is None:
+            return recipe
+        try:
+            return recipe.replace(prompt=prompt_named(self.encoder.manifest.recipe, name))
+        except (TypeError, ValueError) as exc:
+            raise RequestError(422, str(exc), "prompt_name") from None
+
+    def _prompted(self, inputs: Inputs, recipe: EmbedRecipe) -> Inputs:
+        """The texts with the recipe's prompt before each (token ids cannot take one: 422)."""
+        if recipe.prompt is None:
+            return inputs
+        if inputs.texts is None:
+            raise RequestError(
+                422, f"this recipe puts the prompt {recipe.prompt!r} before each text; send texts, not token ids"
+            )
+        return Inputs(texts=[recipe.prompt + text for text in inputs.texts])
 
     async def _encode(self, request: Request) -> Response:
         """``POST /encode``: chosen graph outputs per token for a few texts, as float32 base64 with shapes."""
@@ -368,6 +396,7 @@ class EmbeddingServer:
                 "max_length": enc.max_length,
                 "dim": self.dim,
                 "recipe": self.recipe.to_dict(),
+                "recipe_source": enc.manifest.recipe.summary(),  # the folder's own recipe, where it came from
                 "token_ids": "accepted" if self.settings.accept_token_ids else "refused",
                 "settings": settings,
                 "machine": machine.describe(),

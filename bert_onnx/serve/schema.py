@@ -225,13 +225,11 @@ RECIPE_FIELDS: tuple[RecipeField, ...] = (
     RecipeField("normalize"),
     RecipeField("max_length"),
     RecipeField("truncation"),
+    RecipeField("dimensions", openai=True),  # OpenAI's Matryoshka cut; renormalized when the recipe normalizes
 )
 
 # OpenAI fields /v1/embeddings refuses with a reason, while no RecipeField takes them ({dim}: the server's).
-OPENAI_REFUSED = {
-    "dimensions": "this server's vectors have {dim} dimensions, set by its recipe (pooling, layers, combine); use "
-    "POST /embed for another recipe",
-}
+OPENAI_REFUSED: dict[str, str] = {}
 
 
 def recipe_fields(openai: bool) -> tuple[str, ...]:
@@ -254,8 +252,7 @@ def recipe_from(
     if changes.get("max_length") is not None:
         changes["max_length"] = check_max_length(changes["max_length"], model_max_length)
     try:
-        recipe = EmbedRecipe(**{**base.to_dict(), "layers": base.layers, **changes})
-        recipe.pooling_for(num_layers)
+        recipe = base.replace(**changes)
     except (TypeError, ValueError) as exc:
         raise RequestError(422, str(exc)) from None
     return recipe
