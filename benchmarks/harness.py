@@ -144,13 +144,14 @@ def compare_outputs(
 
 def timing_row(measured: timing.Timing, items: int = 1, per: str = "items") -> dict[str, Any]:
     """The columns every timed row has (:data:`TIMING_COLUMNS` shows them): rounds, calls per round, median and
-    p99 ms, and ``PER_per_s`` at the median."""
+    p99 ms, ``PER_per_s`` at the median, and each round's seconds per call."""
     return {
         "rounds": measured.rounds,
         "calls_per_round": measured.calls,
         "median_ms": measured.median * 1e3,
         "p99_ms": measured.p99 * 1e3,
         f"{per}_per_s": measured.rate(items),
+        "seconds_per_call": list(measured.seconds),  # every round's, for a reader to judge the spread
     }
 
 
