@@ -107,20 +107,25 @@ def versions(extra: Iterable[str] = ()) -> dict[str, str]:
     return machine_info.installed_versions(dict.fromkeys([*PACKAGES, *extra]))
 
 
-def machine_line(found: Mapping[str, str]) -> str:
+def machine_line(found: Mapping[str, str], load: Sequence[float]) -> str:
     described = machine()
     packages = ", ".join(f"{name} {version}" for name, version in found.items())
-    return f"Machine: {described['cpu']}, {described['cpus']} CPUs, ISA: {', '.join(described['isa'])}. {packages}."
+    return (
+        f"Machine: {described['cpu']}, {described['cpus']} CPUs, ISA: {', '.join(described['isa'])}; load average "
+        f"{load[0]:.2f} at the end. {packages}."
+    )
 
 
 def write(
     out: Path, name: str, result: Mapping[str, Any], markdown: str, label: str = "", packages: Iterable[str] = ()
 ) -> Path:
-    """Write ``out/NAME-STAMP.json`` (``result`` with the time, machine and library versions) and ``.md``; print
-    the table. ``result["versions"]``, where given, adds to the versions found (an environment of its own)."""
+    """Write ``out/NAME-STAMP.json`` (``result`` with the time, machine, library versions and the load average
+    now: 1, 5 and 15 minutes) and ``.md``; print the table. ``result["versions"]``, where given, adds to the
+    versions found (an environment of its own)."""
     found = {**versions(packages), **result.get("versions", {})}
-    heading = "\n\n".join(part for part in (label, machine_line(found)) if part)
-    return write_results(out, name, {**result, "versions": found}, markdown, heading)
+    load = os.getloadavg()
+    heading = "\n\n".join(part for part in (label, machine_line(found, load)) if part)
+    return write_results(out, name, {**result, "versions": found, "load_average_at_end": list(load)}, markdown, heading)
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
