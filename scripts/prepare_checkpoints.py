@@ -98,6 +98,7 @@ def main(cache: Path) -> None:
     if not base.exists():
         print(f"creating {base} (bert-base-uncased architecture, RANDOM weights)", flush=True)
         random_bert(base, vocab, seed=0)
+    subprocess.run([sys.executable, str(Path(__file__).with_name("checkpoints_families.py")), str(cache)], check=True)
     print(f"checkpoints ready in {cache}")
 
 

@@ -1,4 +1,4 @@
-"""``Encoder``: load an exported folder and run it: texts or ids in, BERT outputs or pooled embeddings out."""
+"""``Encoder``: load an exported folder and run it: texts or ids in, the model's outputs or pooled embeddings out."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import numpy as np
 
 from bert_onnx import interface, machine
 from bert_onnx.errors import InvalidTypeError, InvalidValueError
+from bert_onnx.families import ModelFamily
 from bert_onnx.manifest import Manifest, ModelFolderError
 from bert_onnx.runtime import profile
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
+from bert_onnx.runtime.pooling import Pooling
 from bert_onnx.runtime.profile import choice_options
 from bert_onnx.runtime.recipe import EmbedRecipe
 from bert_onnx.runtime.runners import BACKENDS, OnnxRuntimeRunner, Runner, check_options
@@ -28,18 +30,19 @@ EMBED_WINDOW = 8192  # texts tokenized and length-sorted together by ``embed``
 
 @dataclass(frozen=True)
 class EncoderOutput:
-    """BERT outputs as NumPy arrays, named and shaped like transformers' ``BaseModelOutputWithPooling``.
+    """The model's outputs as NumPy arrays, named and shaped like transformers' ``BaseModelOutputWithPooling``.
 
-    ``last_hidden_state``: (batch, sequence, hidden); ``pooler_output``: (batch, hidden); ``hidden_states``: a tuple
-    of N + 1 arrays (batch, sequence, hidden), the embeddings first, or ``None`` when not requested. The inputs
-    that produced them ride along so padded positions can be masked.
+    ``last_hidden_state``: (batch, sequence, hidden); ``pooler_output``: (batch, hidden), ``None`` for a family
+    without a pooler (DistilBERT, ELECTRA, DeBERTa, ModernBERT); ``hidden_states``: a tuple of N + 1 arrays
+    (batch, sequence, hidden), the embeddings first, or ``None`` when not requested. The inputs that produced them
+    ride along so padded positions can be masked (``token_type_ids``: ``None`` where the graph takes none).
     """
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
-    token_type_ids: np.ndarray
+    token_type_ids: np.ndarray | None
     last_hidden_state: np.ndarray
-    pooler_output: np.ndarray
+    pooler_output: np.ndarray | None
     hidden_states: tuple[np.ndarray, ...] | None
 
 
@@ -57,7 +60,8 @@ def int8_clips_here(manifest: Manifest) -> str | None:
 
 
 class Encoder:
-    """A BERT model folder written by ``bert-onnx export``, run under ONNX Runtime.
+    """A model folder written by ``bert-onnx export`` (BERT or another family, :mod:`bert_onnx.families`), run under
+    ONNX Runtime.
 
     Loading verifies the SHA-256 of every file it uses against ``manifest.json`` (``verify=False`` skips it) and
     creates one session on ``device`` ("cpu" or "cuda"; CUDA never falls back to CPU silently). ``threads`` sets
@@ -128,7 +132,9 @@ class Encoder:
             self.manifest.verify_files(self.model_dir, [model_file, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
         self.device = device
         self.tokenizer = Tokenizer.from_file(
-            self.model_dir / interface.TOKENIZER_FILE, pad_token_id=self.manifest.pad_token_id
+            self.model_dir / interface.TOKENIZER_FILE,
+            pad_token_id=self.manifest.pad_token_id,
+            input_names=self.manifest.input_names,
         )
         cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
         check_domains(self.model_dir / model_file)
@@ -159,7 +165,8 @@ class Encoder:
                 model_sha256=self.manifest.files[model_file],
             )
         self.io_binding = isinstance(self.runner, OnnxRuntimeRunner) and self.runner.io_binding
-        if self.runner.output_names != self.manifest.output_names or self.runner.input_names != interface.INPUT_NAMES:
+        manifest = self.manifest
+        if self.runner.output_names != manifest.output_names or self.runner.input_names != manifest.input_names:
             raise ModelFolderError(
                 f"{self.model_dir / model_file}: graph inputs {list(self.runner.input_names)} / outputs "
                 f"{list(self.runner.output_names)} do not match {interface.MANIFEST_FILE}"
@@ -217,6 +224,21 @@ class Encoder:
         return self.manifest.num_layers
 
     @property
+    def family(self) -> ModelFamily:
+        """The model family (:mod:`bert_onnx.families`): its graph inputs, whether it has a pooler."""
+        return self.manifest.model_family
+
+    def pooling_for(self, recipe: EmbedRecipe) -> Pooling:
+        """``recipe``'s pooling step for this model; refuses layers it does not have, and ``pooling="pooler"``
+        for a family without a pooler."""
+        if recipe.pooling == "pooler" and not self.family.pooler:
+            raise InvalidValueError(
+                f"pooling='pooler' reads pooler_output, and {self.family.model_type} models have no pooler "
+                f"({self.model_dir} has no pooler_output); use pooling='cls' or 'mean'"
+            )
+        return recipe.pooling_for(self.num_layers)
+
+    @property
     def hidden_size(self) -> int:
         return self.manifest.hidden_size
 
@@ -245,11 +267,8 @@ class Encoder:
         return np.zeros(shape, dtype=np.float32)
 
     def _output(self, batch: TokenizedBatch, output_hidden_states: bool) -> EncoderOutput:
-        names = (
-            self.manifest.output_names
-            if output_hidden_states
-            else (interface.LAST_HIDDEN_STATE, interface.POOLER_OUTPUT)
-        )
+        pooled = (interface.POOLER_OUTPUT,) if self.family.pooler else ()
+        names = self.manifest.output_names if output_hidden_states else (interface.LAST_HIDDEN_STATE, *pooled)
         out = self._forward(batch, names)
         hidden = (
             tuple(out[interface.hidden_state_name(i)] for i in range(self.num_layers + 1))
@@ -261,7 +280,7 @@ class Encoder:
             attention_mask=batch.attention_mask,
             token_type_ids=batch.token_type_ids,
             last_hidden_state=out[interface.LAST_HIDDEN_STATE],
-            pooler_output=out[interface.POOLER_OUTPUT],
+            pooler_output=out.get(interface.POOLER_OUTPUT),
             hidden_states=hidden,
         )
 
@@ -272,9 +291,10 @@ class Encoder:
         token_type_ids: Any = None,
         output_hidden_states: bool = True,
     ) -> EncoderOutput:
-        """Run pre-tokenized input: 2-d integer arrays (batch, sequence), like calling ``BertModel`` directly.
+        """Run pre-tokenized input: 2-d integer arrays (batch, sequence), like calling the transformers model directly.
 
         A missing ``attention_mask`` means every position is attended; missing ``token_type_ids`` means segment 0.
+        A family whose model takes no segment ids (DistilBERT, MPNet, ModernBERT) refuses ``token_type_ids``.
         Raises ``ValueError`` for non-2-d or non-integer arrays, mismatched shapes, or ids out of range.
         """
         ids, mask, types = check_model_inputs(
@@ -284,6 +304,8 @@ class Encoder:
             vocab_size=self.manifest.vocab_size,
             type_vocab_size=self.manifest.type_vocab_size,
             max_length=self.max_length,
+            input_names=self.manifest.input_names,
+            family=self.family,
         )
         return self._output(TokenizedBatch(ids, mask, types), output_hidden_states)
 
@@ -356,7 +378,7 @@ class Encoder:
         """
         if not isinstance(recipe, EmbedRecipe):
             raise InvalidTypeError(f"recipe={recipe!r} must be an EmbedRecipe")
-        pooling = recipe.pooling_for(self.num_layers)
+        pooling = self.pooling_for(recipe)
         batch = check_texts(texts)
         max_length = self._check_max_length(recipe.max_length)
         if recipe.max_tokens < max_length:
