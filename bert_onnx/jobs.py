@@ -266,7 +266,7 @@ def embed_file(
     if not isinstance(encoder, Encoder):
         encoder = Encoder(encoder)
     dim = recipe.dim(encoder.hidden_size)
-    recipe.pooling_for(encoder.num_layers)  # checks the layers before any work
+    encoder.pooling_for(recipe)  # checks the layers (and the pooler) before any work
     settings = {
         "input": name if path is None else str(path.resolve()),
         "input_sha256": input_sha256,

@@ -90,7 +90,7 @@ class RayEmbedder:
         # fp32 unless told: actors on different machines must not each follow their own tuned profile.
         self.encoder = Encoder(model_dir, threads=threads or _actor_cpus(), variant=variant or "fp32")
         self.text_column, self.output_column = text_column, output_column
-        self.recipe.pooling_for(self.encoder.num_layers)  # checks the layers once, up front
+        self.encoder.pooling_for(self.recipe)  # checks the layers (and the pooler) once, up front
         self.dim = self.recipe.dim(self.encoder.hidden_size)
         self.max_length = self.recipe.max_length or self.encoder.max_length
 

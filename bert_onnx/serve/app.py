@@ -75,7 +75,7 @@ class EmbeddingServer:
         self.recipe = recipe
         self.settings = settings
         self.model_name = model_name or encoder.model_dir.resolve().name
-        self.pooling = recipe.pooling_for(encoder.num_layers)
+        self.pooling = encoder.pooling_for(recipe)
         self.max_length = recipe.max_length or encoder.max_length
         if self.max_length > encoder.max_length:
             raise InvalidValueError(f"max_length={self.max_length} is over the model's {encoder.max_length}")
@@ -276,10 +276,14 @@ class EmbeddingServer:
         encoding_format = self._encoding_format(data)
         inputs = parse_input(data, self.settings.max_inputs, allow_ids=True, allow_empty_text=True)
         recipe = recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length)
+        try:
+            pooling = self.encoder.pooling_for(recipe)  # this model's layers, and its pooler if the recipe reads it
+        except InvalidValueError as exc:
+            raise RequestError(422, str(exc), "pooling") from None
         max_length = recipe.max_length or self.encoder.max_length
         hint = 'send "truncation": true to cut it' if not recipe.truncation else ""
         tokens = await self._tokenize_inputs(inputs, max_length, recipe.truncation, hint)
-        vectors = await self._run(request, tokens, recipe.pooling_for(self.encoder.num_layers))
+        vectors = await self._run(request, tokens, pooling)
         usage = sum(len(t.ids) for t in tokens)
         recipe_out = {k: v for k, v in recipe.to_dict().items() if k in recipe_fields}
         return await _json_response(
