@@ -7,6 +7,7 @@ almost always a mistake where a count is meant. This module imports only the pac
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from bert_onnx.errors import InvalidValueError
@@ -51,3 +52,20 @@ def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str])
     if not isinstance(value, str) or value not in choices:
         raise InvalidValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
     return value
+
+
+def check_float(name: str, value: object, low: float | None = None, high: float | None = None, hint: str = "") -> float:
+    """``value`` (an int or a float, never a ``bool``, NaN or infinity) as a ``float`` in ``[low, high]``."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+    number = float(value) if real else math.nan  # type: ignore[arg-type]  # a numbers.Real here
+    if not math.isfinite(number) or (low is not None and number < low) or (high is not None and number > high):
+        if low is not None and high is not None:
+            wanted = f"a number in [{low:g}, {high:g}]"
+        elif low is not None:
+            wanted = f"a number >= {low:g}"
+        elif high is not None:
+            wanted = f"a number <= {high:g}"
+        else:
+            wanted = "a finite number"
+        raise InvalidValueError(f"{name}={value!r} must be {wanted}{f' ({hint})' if hint else ''}")
+    return number

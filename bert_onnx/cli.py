@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import __version__
+from bert_onnx import __version__, choices
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.families import FAMILIES
-from bert_onnx.runtime.pooling import COMBINES, POOLINGS
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.pooling import COMBINES, POOLINGS, Pooling
+from bert_onnx.runtime.recipe import Batching, EmbedRecipe
 
 EXPORT_EXTRA_HINT = "bert-onnx export needs the export extra: pip install 'bert-onnx[export]'"
 
@@ -37,6 +37,7 @@ def _export(args: argparse.Namespace) -> int:
         revision=args.revision,
         variants=args.variants,
         log=lambda message: print(message, file=sys.stderr, flush=True),
+        allow_unknown_modules=args.allow_unknown_modules,
     )
     return 0
 
@@ -73,22 +74,39 @@ def _encoder_and_recipe(args: argparse.Namespace) -> tuple[Any, EmbedRecipe]:
         backend=args.backend,
         precision=args.precision,
     )
-    return encoder, _recipe(args, encoder.num_layers)
+    recipe = _recipe(args, encoder.manifest)
+    encoder.pooling_for(recipe)  # checks layers, dense layers and dimensions against this model
+    return encoder, recipe
 
 
-def _recipe(args: argparse.Namespace, num_layers: int) -> EmbedRecipe:
-    """The one recipe both engines run, from the command line (checked against the model's layers)."""
-    recipe = EmbedRecipe(
+def _recipe(args: argparse.Namespace, manifest: Any) -> EmbedRecipe:
+    """The one recipe both engines run: the folder's own, with each recipe flag given in its place."""
+    from bert_onnx.runtime.recipe import recipe_for
+
+    recipe = recipe_for(
+        manifest.recipe,
+        str(args.model_dir),
         pooling=args.pooling,
-        layers=None if args.layers is None else tuple(parse_layers(args.layers, num_layers)),
+        layers=None if args.layers is None else tuple(parse_layers(args.layers, manifest.num_layers)),
         combine=args.combine,
         normalize=args.normalize,
         max_length=args.max_length,
-        truncation=not args.no_truncation,
-        batch_size=args.batch_size,
+        truncation=args.truncation,
+        prompt=args.prompt,
+        prompt_name=args.prompt_name,
+        dimensions=args.dimensions,
     )
-    recipe.pooling_for(num_layers)
+    if recipe.layers is not None:  # the layers' range, before any work
+        Pooling.create(recipe.modes, recipe.layers, recipe.combine, recipe.normalize, manifest.num_layers)
     return recipe
+
+
+def _input_path(args: argparse.Namespace) -> str:
+    """The input file: positional (``embed DIR FILE``) or ``--input``/``-i``, not two different ones."""
+    given = [value for value in (args.input, args.input_option) if value is not None]
+    if len(set(given)) > 1:
+        raise InvalidValueError(f"two inputs, {given[0]!r} and --input {given[1]!r}: give one")
+    return given[0]
 
 
 def _embed_ray(args: argparse.Namespace) -> int:
@@ -111,11 +129,11 @@ def _embed_ray(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     from bert_onnx.manifest import Manifest
 
-    recipe = _recipe(args, Manifest.read(model_dir).num_layers)
+    recipe = _recipe(args, Manifest.read(model_dir))
     with tqdm(unit="text", file=sys.stderr, disable=args.quiet, desc="embedding (ray)") as bar:
         summary = embed_to_parquet(
             model_dir,
-            Path(args.input),
+            Path(_input_path(args)),
             output,
             text_column=args.text_column,
             id_column=args.id_column,
@@ -125,6 +143,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
             rows_per_part=args.chunk_size,
             resume=args.resume,
             recipe=recipe,
+            batching=Batching(args.batch_size),
             variant=args.variant,
             progress=bar.update,
         )
@@ -156,10 +175,11 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidValueError(f"--output {output} is a folder; give a file name such as {output / 'embeddings.npy'}")
     if args.chunk_size < 1:
         raise InvalidValueError(f"--chunk-size {args.chunk_size} must be a positive number of lines")
-    from_stdin = args.input == "-"
+    given = _input_path(args)
+    from_stdin = given == "-"
     if from_stdin and args.resume:
         raise InvalidValueError("--resume needs --input FILE: standard input cannot be read a second time")
-    source = Path(args.input)
+    source = Path(given)
     if not from_stdin and source.is_dir():
         raise InvalidValueError(f"--input {source}: Is a directory")
     if not from_stdin and not source.is_file():
@@ -173,6 +193,7 @@ def _embed(args: argparse.Namespace) -> int:
                 sys.stdin.buffer if from_stdin else source,
                 output,
                 recipe,
+                batching=Batching(args.batch_size),
                 chunk_size=args.chunk_size,
                 resume=args.resume,
                 progress=bar.update,
@@ -214,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_padding=None if args.max_padding < 0 else args.max_padding,
         api_key=api_key,
+        accept_token_ids=args.accept_token_ids,
     )
     encoder, recipe = _encoder_and_recipe(args)
 
@@ -247,6 +269,8 @@ def format_info(model_dir: Path, verify: bool) -> str:
         ("outputs", f"{len(manifest.outputs)}: " + ", ".join(manifest.outputs)),
         ("variants", ", ".join(manifest.variants)),
         *((f"  not offered: {name}", reason) for name, reason in manifest.model_family.not_offered.items()),
+        ("recipe", manifest.recipe.summary()),
+        *_prompt_rows(manifest.recipe),
         ("runs here", _picked_here(manifest)),
         ("checksums", "verified" if verify else "not checked (--no-verify)"),
     ]
@@ -262,6 +286,19 @@ def format_info(model_dir: Path, verify: bool) -> str:
         devices = ", ".join(variant.devices)
         lines += ["", f"variant {name}: {variant.file}, for {devices}; gate: {variant.gate}", variant.table()]
     return "\n".join(lines)
+
+
+def _prompt_rows(record: Any) -> list[tuple[str, str]]:
+    """The folder's prompts, its default prompt and similarity, where it has a recipe."""
+    if not record.carried:
+        return []
+    prompts = ", ".join(f"{name}={text!r}" for name, text in record.prompts.items()) or "none"
+    rows = [
+        ("  prompts", f"{prompts}; default: {record.default_prompt_name or 'none'}"),
+        ("  similarity", record.similarity_fn_name or "- (sentence-transformers' default: cosine)"),
+    ]
+    rows += [("  note", note) for note in record.notes]
+    return rows
 
 
 def _picked_here(manifest: Any) -> str:
@@ -384,38 +421,121 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def add_recipe_and_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The recipe (what :func:`_recipe` reads) and engine options ``embed`` and ``serve`` share."""
-    parser.add_argument("--pooling", choices=POOLINGS, default="cls", help="default: cls")
-    parser.add_argument(
+    """The recipe (what :func:`_recipe` reads) and engine options ``embed`` and ``serve`` share. A recipe flag left
+    out keeps the folder's own recipe (bert-onnx info shows it); one given replaces that field."""
+    recipe = parser.add_argument_group(
+        "recipe",
+        "Default: the folder's own (a sentence-transformers checkpoint's pooling, Dense layers, normalization, length "
+        "and default prompt, recorded at export; else cls, not normalized, the model's length). Each flag given "
+        "replaces that part.",
+    )
+    recipe.add_argument("--pooling", choices=POOLINGS, help="how token vectors become one (default: the folder's)")
+    recipe.add_argument(
         "--layers",
         metavar="SPEC",
         help="hidden states to pool instead of the last layer: ints and start:stop slices, e.g. --layers=-4: "
         "(the last four; use '=' before a leading minus) or --layers 0,6,12",
     )
-    parser.add_argument("--combine", choices=COMBINES, default="concat", help="how --layers are joined")
-    parser.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    recipe.add_argument("--combine", choices=COMBINES, help="how --layers are joined (default: concat)")
+    recipe.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, help="scale every vector to unit length (or not)"
+    )
+    recipe.add_argument("--max-length", type=int, help="tokens per text, prompt included (default: the folder's)")
+    recipe.add_argument(
+        "--truncation",
+        action=argparse.BooleanOptionalAction,
+        help="cut texts over --max-length tokens (default), or fail on them (--no-truncation)",
+    )
+    recipe.add_argument("--prompt-name", metavar="NAME", help="one of the folder's prompts (bert-onnx info lists them)")
+    recipe.add_argument("--prompt", metavar="TEXT", help="text put before every input ('' for none)")
+    recipe.add_argument(
+        "--dimensions", type=int, metavar="N", help="keep the first N values (Matryoshka), renormalized if normalized"
+    )
+    parser.add_argument("--device", choices=choices.DEVICES, default="cpu", help="default: cpu")
     parser.add_argument(
         "--variant",
-        choices=("fp32", "opt", "int8", "fp16"),
+        choices=choices.variants(),
         help="which stored graph to run (default: what `bert-onnx tune` measured fastest here, else fp32; "
         "see bert-onnx info)",
     )
     parser.add_argument(
         "--backend",
-        choices=("onnxruntime", "openvino"),
+        choices=choices.BACKEND_NAMES,
         help="openvino compiles model.onnx with OpenVINO on the CPU (needs bert-onnx[openvino]; default: the tuned "
         "choice's, else onnxruntime)",
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=choices.precisions(choices.OPENVINO),
         help="with --backend openvino (default: the faster one `bert-onnx tune` measured here, else fp32)",
     )
     parser.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
-    parser.add_argument("--max-length", type=int, help="tokens per text (default: the model's, 512)")
-    parser.add_argument("--no-truncation", action="store_true", help="fail on a text over --max-length tokens")
+
+
+def add_serve_command(commands: Any) -> None:
+    """``bert-onnx serve``'s options; the defaults are :class:`~bert_onnx.serve.settings.ServeSettings`' own."""
+    from bert_onnx.serve.settings import ServeSettings  # no server stack: only the checked settings
+
+    defaults = ServeSettings()
+    serve = commands.add_parser(
+        "serve",
+        help="serve embeddings over HTTP (OpenAI-compatible), batching concurrent requests",
+        description="Serve DIR over HTTP: POST /v1/embeddings (OpenAI's API, with the recipe given here), /embed "
+        "(a recipe per request), /encode (hidden states), /tokenize; GET /health, /info, /metrics (Prometheus). "
+        "Concurrent requests are merged into length-sorted batches; every answer equals Encoder.embed of its "
+        "texts alone. SIGTERM or Ctrl-C stops accepting, answers every accepted request, and exits 0. Needs "
+        "bert-onnx[serve]. See docs/serve.md.",
+    )
+    serve.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
+    serve.add_argument(
+        "--host", default=defaults.host, help=f"address to listen on (default: {defaults.host}, this machine only)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=defaults.port, help=f"default: {defaults.port}; 0 picks a free port (printed)"
+    )
+    add_recipe_and_engine_arguments(serve)
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=defaults.max_batch_tokens,
+        help=f"padded tokens per batch (default: {defaults.max_batch_tokens}; a longer text runs alone)",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="how long the batcher may wait for returning clients to fill a batch "
+        f"(default: {defaults.max_wait_ms:g}; a lone client never waits)",
+    )
+    serve.add_argument(
+        "--max-padding",
+        type=float,
+        default=defaults.max_padding,
+        metavar="FRACTION",
+        help="close a batch before its padding passes this fraction of its real tokens "
+        f"(default: {defaults.max_padding}; -1: fill batches to --batch-size and --max-batch-tokens whatever "
+        "their padding)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        help=f"texts in flight before new requests get 429 (default: {defaults.max_queue})",
+    )
+    serve.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="require 'Authorization: Bearer KEY' (all routes but /health), KEY read from environment variable NAME",
+    )
+    serve.add_argument(
+        "--accept-token-ids",
+        action="store_true",
+        help="take token-id arrays as input on /v1/embeddings, /embed and /encode (default: refused with 422, since "
+        "ids from another tokenizer, such as the tiktoken ids LangChain sends by default, give wrong vectors); "
+        "only for clients that send this model's own ids (POST /tokenize)",
+    )
+    serve.set_defaults(func=_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,27 +567,36 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--revision", help="hub revision (branch, tag or commit) for a hub id")
     export.add_argument("--force", action="store_true", help="replace DIR if it is an earlier export")
     export.add_argument(
+        "--allow-unknown-modules",
+        action="store_true",
+        help="export a sentence-transformers checkpoint whose modules or files bert-onnx does not understand, with "
+        "its recipe marked not understood (embedding then needs explicit recipe flags) instead of refusing it",
+    )
+    export.add_argument(
         "--variants",
         default="fp32",
         metavar="LIST",
-        help="comma-separated: fp32 (always), opt (fused), int8 (CPU), fp16 (CUDA), openvino-fp32 and openvino-bf16 "
-        "(gates for --backend openvino, no extra file); each must pass its gate (default: fp32)",
+        help="comma-separated ways of running to build and gate beside fp32 (always): "
+        + "; ".join(f"{c.name}: {c.summary}" for c in choices.CHOICES.values() if c.name != choices.DEFAULT)
+        + ". Each must pass its gate (default: fp32)",
     )
     export.set_defaults(func=_export)
 
     embed = commands.add_parser(
         "embed",
         help="embed a text file, one text per line, into a .npy array",
-        description="Embed every line of --input (one text per line, '-' for stdin) into a float32 (lines, dim) "
-        "array saved to --output. Texts over --max-length tokens are truncated unless --no-truncation. The input "
+        description="Embed every line of FILE (one text per line, '-' for stdin) into a float32 (lines, dim) "
+        "array saved to --output, by the folder's own recipe unless recipe flags say otherwise. Texts over "
+        "--max-length tokens are truncated unless --no-truncation. The input "
         "is streamed in chunks of --chunk-size lines, each saved in OUT.npy.parts/ as it finishes; an interrupted "
         "run (Ctrl-C, kill) keeps them, and --resume embeds only what is missing. OUT.npy appears, complete, "
         "only at the end.",
     )
     embed.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
     embed.add_argument(
-        "--input", "-i", required=True, metavar="FILE", help="UTF-8 text, - for stdin (--engine ray: .parquet/.jsonl)"
+        "input", nargs="?", metavar="FILE", help="UTF-8 text, - for stdin (--engine ray: .parquet/.jsonl)"
     )
+    embed.add_argument("--input", "-i", dest="input_option", metavar="FILE", help="the same as FILE")
     embed.add_argument(
         "--output", "-o", required=True, metavar="OUT.npy", help="where to save the array (--engine ray: a folder)"
     )
@@ -493,51 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--cpus-per-actor", type=int, default=1, help="ONNX Runtime threads each (default: 1)")
     embed.set_defaults(func=_embed)
 
-    serve = commands.add_parser(
-        "serve",
-        help="serve embeddings over HTTP (OpenAI-compatible), batching concurrent requests",
-        description="Serve DIR over HTTP: POST /v1/embeddings (OpenAI's API, with the recipe given here), /embed "
-        "(a recipe per request), /encode (hidden states), /tokenize; GET /health, /info, /metrics (Prometheus). "
-        "Concurrent requests are merged into length-sorted batches; every answer equals Encoder.embed of its "
-        "texts alone. SIGTERM or Ctrl-C stops accepting, answers every accepted request, and exits 0. Needs "
-        "bert-onnx[serve]. See docs/serve.md.",
-    )
-    serve.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
-    )
-    serve.add_argument("--port", type=int, default=8080, help="default: 8080; 0 picks a free port (printed)")
-    add_recipe_and_engine_arguments(serve)
-    serve.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=8192,
-        help="padded tokens per batch (default: 8192; a longer text runs alone)",
-    )
-    serve.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=2.0,
-        help="how long the batcher may wait for returning clients to fill a batch "
-        "(default: 2; a lone client never waits)",
-    )
-    serve.add_argument(
-        "--max-padding",
-        type=float,
-        default=0.25,
-        metavar="FRACTION",
-        help="close a batch before its padding passes this fraction of its real tokens (default: 0.25; "
-        "-1: fill batches to --batch-size and --max-batch-tokens whatever their padding)",
-    )
-    serve.add_argument(
-        "--max-queue", type=int, default=4096, help="texts in flight before new requests get 429 (default: 4096)"
-    )
-    serve.add_argument(
-        "--api-key-env",
-        metavar="NAME",
-        help="require 'Authorization: Bearer KEY' (all routes but /health), KEY read from environment variable NAME",
-    )
-    serve.set_defaults(func=_serve)
+    add_serve_command(commands)
 
     info = commands.add_parser("info", help="show a model folder's manifest", description="Show DIR's manifest.")
     info.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
@@ -546,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_machine_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
-        command.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+        command.add_argument("--device", choices=choices.DEVICES, default="cpu", help="default: cpu")
         command.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
         command.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
         command.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -589,7 +674,10 @@ def _show_library_log() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "embed" and args.input is None and args.input_option is None:
+        parser.error("embed needs an input: bert-onnx embed DIR FILE (or --input FILE)")
     _show_library_log()
     try:
         return int(args.func(args))

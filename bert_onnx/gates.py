@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bert_onnx import interface
+from bert_onnx import choices, interface
 from bert_onnx._files import atomic_write
+from bert_onnx.choices import Choice, Gate
 from bert_onnx.errors import InvalidValueError
 from bert_onnx.manifest import Check, ModelFolderError
 from bert_onnx.runtime.batching import tokenized_batches
@@ -38,8 +39,6 @@ INT8_GATE = {"mean cosine": 0.997, "min cosine": 0.985, "top-10 agreement": 0.95
 BATCH_INVARIANCE_CHECK = "batch invariance max abs diff"
 INT8_BATCH_TOLERANCE = 1e-4  # normalized embedding alone vs in company; per-token int8 gives 0 here
 INVARIANCE_TEXTS = 32
-FP16_MIN_TOKEN_COSINE = 0.999
-OPENVINO_BF16_MIN_TOKEN_COSINE = 0.9999
 _LONG_TEXT = "Embeddings of one text must not depend on the other texts in its batch. "
 _FORMAT = 1
 
@@ -249,36 +248,39 @@ class References:
 # -- one gate per choice ----------------------------------------------------------------------------------------
 
 
-def gate_description(choice: str, references: References, max_length: int) -> str:
-    """What ``choice``'s gate measures, in words, for the tables ``verify`` and ``tune`` print."""
+def gate_description(gate: Gate, references: References, max_length: int) -> str:
+    """What ``gate`` measures, in words, for the tables export, ``verify`` and ``tune`` print."""
     ids = references.batch["input_ids"]
-    batch = f"the stored parity batch, {ids.shape[0]} rows of up to {ids.shape[1]} tokens"
-    if choice == "int8":
+    batch = f"the parity batch, {ids.shape[0]} rows of up to {ids.shape[1]} tokens"
+    if gate.kind == choices.EMBEDDINGS:
         return (
-            f"mean-pooled normalized sentence embeddings of {len(references.texts)} stored real paragraphs, batched "
-            f"as Encoder.embed batches, against PyTorch fp32; batch invariance on {INVARIANCE_TEXTS} of them alone "
+            f"mean-pooled normalized sentence embeddings of {len(references.texts)} real paragraphs, batched as "
+            f"Encoder.embed batches, against PyTorch fp32; batch invariance on {INVARIANCE_TEXTS} of them alone "
             f"vs batched and beside a {max_length}-token text"
         )
-    if choice in ("fp16", "openvino-bf16"):
+    if gate.kind == choices.TOKEN_COSINE:
         return f"per-token cosine to PyTorch fp32 on {batch}"
     return f"max abs diff to PyTorch fp32 on {batch}"
 
 
+def describe(choice: Choice, references: References, max_length: int) -> str:
+    """:func:`gate_description` of ``choice``'s gate, naming the backend where it is not ONNX Runtime."""
+    described = gate_description(choice.gate, references, max_length)
+    return described if choice.backend == choices.ONNXRUNTIME else f"{choice.title}: {described}"
+
+
 def measure(
-    choice: str, references: References, forward: Forward, tokenizer: Tokenizer, max_length: int
+    gate: Gate, references: References, forward: Forward, tokenizer: Tokenizer, max_length: int
 ) -> tuple[Check, ...]:
-    """Measure ``choice``'s export gate ("fp32", "opt", "int8", "fp16", "openvino-fp32", "openvino-bf16") on
-    ``forward`` against the stored references."""
-    if choice == "int8":
+    """Measure ``gate`` (a :class:`~bert_onnx.choices.Choice`'s) on ``forward`` against ``references``: at export
+    against PyTorch's outputs of the moment, in ``verify`` and ``tune`` against the stored ones."""
+    if gate.kind == choices.EMBEDDINGS:
         if references.embeddings is None:
-            raise ModelFolderError("gates.npz has no int8 reference embeddings (the folder has no int8 graph)")
+            raise ModelFolderError("gates.npz has no reference sentence embeddings (the folder has no int8 graph)")
         return int8_checks(references.texts, references.embeddings, tokenizer, forward, max_length)
     names = list(references.outputs)
     actual = references.select(dict(zip(names, forward(names, dict(references.batch)), strict=True)))
-    if choice == "fp16":
-        return cosine_checks(references.outputs, actual, FP16_MIN_TOKEN_COSINE)
-    if choice == "openvino-bf16":
-        return cosine_checks(references.outputs, actual, OPENVINO_BF16_MIN_TOKEN_COSINE)
-    if choice in ("fp32", "opt", "openvino-fp32"):
-        return max_abs_checks(references.outputs, actual)
-    raise InvalidValueError(f"no gate for {choice!r}")
+    assert gate.limit is not None  # Gate checks it for every kind but EMBEDDINGS
+    if gate.kind == choices.TOKEN_COSINE:
+        return cosine_checks(references.outputs, actual, gate.limit)
+    return max_abs_checks(references.outputs, actual, gate.limit)

@@ -31,34 +31,14 @@ CHECKSUMMED_FILES: tuple[str, ...] = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE)
 # PyTorch's reference outputs for the accuracy gates (bert_onnx.gates), for `bert-onnx verify` and `tune`; also
 # checksummed. Folders from before it existed load and run, but cannot be verified or tuned.
 GATES_FILE = "gates.npz"
+# The weights of the Dense layers a sentence-transformers recipe applies after pooling (``name.weight``,
+# ``name.bias``, ``name.residual`` float32 arrays), present only when the recipe has some; also checksummed.
+RECIPE_WEIGHTS_FILE = "recipe.npz"
 
 # The gate export validation applies to every fp32 output (max abs diff to PyTorch, non-padded positions).
 FP32_TOLERANCE = 1e-4
 
-# Model variants: the same graph interface, different arithmetic. fp32 is always exported (it is the reference).
-#   fp32  plain export                       opt   ONNX Runtime transformer fusions (Attention, SkipLayerNorm, ...)
-#   int8  per-token int8 quantization (CPU)   fp16  half precision with fp32 inputs/outputs (CUDA)
-#   openvino-fp32, openvino-bf16: no file of their own; the gate of OpenVINO running model.onnx at that precision
-#   (Encoder(backend="openvino", precision=...)).
-VARIANT_FILES: Mapping[str, str] = {
-    "fp32": MODEL_FILE,
-    "opt": "model.opt.onnx",
-    "int8": "model.int8.onnx",
-    "fp16": "model.fp16.onnx",
-    "openvino-fp32": MODEL_FILE,
-    "openvino-bf16": MODEL_FILE,
-}
-# Variants that are another backend's run of a stored graph, by (backend, precision).
-OPENVINO_VARIANTS: Mapping[str, str] = {"fp32": "openvino-fp32", "bf16": "openvino-bf16"}
-VARIANTS: tuple[str, ...] = tuple(VARIANT_FILES)
-VARIANT_DEVICES: Mapping[str, tuple[str, ...]] = {
-    "fp32": ("cpu", "cuda"),
-    "opt": ("cpu", "cuda"),
-    "int8": ("cpu",),
-    "fp16": ("cuda",),
-    "openvino-fp32": ("cpu",),
-    "openvino-bf16": ("cpu",),
-}
+# The ways of running a folder (its graph files, backends, gates) are the registry in bert_onnx.choices.
 
 
 def hidden_state_name(index: int) -> str:

@@ -10,6 +10,7 @@ is missing or damaged is logged and done again. Part boundaries and batching dep
 settings, so a resumed job writes the same bytes as an uninterrupted one.
 
     from bert_onnx.jobs import embed_file
+    embed_file("model", "corpus.txt", "corpus.npy", resume=True)  # the folder's own recipe
     embed_file("model", "corpus.txt", "corpus.npy", EmbedRecipe(pooling="mean"), resume=True)
 
 Progress and warnings go through :mod:`logging` (logger ``bert_onnx.jobs``) and an optional ``progress(n)`` callback.
@@ -29,10 +30,11 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
+from bert_onnx import interface
 from bert_onnx._files import atomic_write, atomic_write_text
 from bert_onnx.errors import IncompleteRunError, InvalidValueError
 from bert_onnx.manifest import sha256_file
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.recipe import Batching, EmbedRecipe
 
 if TYPE_CHECKING:
     from bert_onnx.runtime.encoder import Encoder
@@ -233,18 +235,38 @@ def _assemble(store: PartStore, count: int, dim: int, output: Path) -> None:
     atomic_write(output, write)
 
 
+def vector_settings(encoder: Encoder, recipe: EmbedRecipe) -> dict[str, Any]:
+    """What decides a job's vectors, for its fingerprint: the files and way of running the model, and the recipe.
+    Batching is left out: a text's vector does not depend on its batch."""
+    files = encoder.manifest.files
+    return {
+        "model": str(encoder.model_dir.resolve()),
+        "model_sha256": files[encoder.choice_spec.file],
+        "tokenizer_sha256": files[interface.TOKENIZER_FILE],
+        "recipe_weights_sha256": files.get(interface.RECIPE_WEIGHTS_FILE) if recipe.dense else None,
+        "variant": encoder.variant,
+        "device": encoder.device,
+        "backend": encoder.backend,
+        "precision": encoder.precision,
+        **recipe.to_dict(),
+    }
+
+
 def embed_file(
     encoder: Encoder | str | Path,
     source: str | Path | BinaryIO,
     output: str | Path,
     recipe: EmbedRecipe | None = None,
     *,
+    batching: Batching | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     resume: bool = False,
     progress: Callable[[int], object] | None = None,
 ) -> tuple[int, int]:
     """Embed every line of ``source`` (a UTF-8 text file, or a binary stream such as stdin) into the float32
     ``.npy`` file ``output``, ``chunk_size`` lines at a time, each chunk saved as it finishes; return its shape.
+    ``recipe`` defaults to the folder's own (``Encoder.default_recipe``); ``batching`` (batch size and token budget)
+    changes speed and memory only, so a job may resume with another.
 
     With ``resume``, an unfinished job of the same ``output`` with the same settings continues where it stopped
     (not possible from a stream, which cannot be read twice). On an error or an interrupt the finished parts are
@@ -254,7 +276,6 @@ def embed_file(
     from bert_onnx.runtime.encoder import Encoder
     from bert_onnx.runtime.tokenizer import TextTooLongError
 
-    recipe = EmbedRecipe() if recipe is None else recipe
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InvalidValueError(f"chunk_size={chunk_size!r} must be a positive number of lines")
     output = Path(output)
@@ -265,21 +286,14 @@ def embed_file(
     input_sha256, count = (None, None) if path is None else scan(path)
     if not isinstance(encoder, Encoder):
         encoder = Encoder(encoder)
-    dim = recipe.dim(encoder.hidden_size)
-    encoder.pooling_for(recipe)  # checks the layers (and the pooler) before any work
-    settings = {
+    recipe = encoder.default_recipe if recipe is None else recipe
+    dim = encoder.dim(recipe)  # checks the recipe against the model before any work
+    settings = vector_settings(encoder, recipe) | {
         "input": name if path is None else str(path.resolve()),
         "input_sha256": input_sha256,
         "lines": count,
-        "model": str(encoder.model_dir.resolve()),
-        "model_sha256": encoder.manifest.files[encoder.manifest.variants[encoder.variant].file],
-        "variant": encoder.variant,
-        "device": encoder.device,
-        "backend": encoder.backend,
-        "precision": encoder.precision,
-        "chunk_size": chunk_size,
+        "chunk_size": chunk_size,  # where parts begin and end
         "dim": dim,
-        **recipe.to_dict(),
     }
     folder = parts_dir(output)
     store = PartStore.open(folder, settings, ".npy", resume)
@@ -297,7 +311,7 @@ def embed_file(
                     tick(len(texts))
                 else:
                     try:
-                        vectors = encoder.embed_recipe(texts, recipe, progress)
+                        vectors = encoder.embed_recipe(texts, recipe, progress, batching=batching)
                     except TextTooLongError as exc:
                         raise LineTooLongError(name, read + exc.index + 1, exc.length, exc.max_length) from exc
                     store.add(number, len(texts), _npy_writer(vectors))

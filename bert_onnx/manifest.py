@@ -12,17 +12,46 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import families, interface
+from bert_onnx import choices, families, interface
 from bert_onnx._files import atomic_write_text
 from bert_onnx.errors import BertOnnxError
 
 FORMAT = "bert-onnx"
-# Bump when a reader of the previous version would misread the folder.
-FORMAT_VERSION = 1
+# Bump when a reader of the previous version would misread the folder. 2: the folder carries its embedding recipe
+# (``Manifest.recipe``), which a version-1 reader would ignore, giving other vectors than the model's.
+FORMAT_VERSION = 2
 
 
 class ModelFolderError(BertOnnxError, ValueError):
     """A model folder is missing a file, has a corrupt or tampered file, or a manifest we cannot read."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measured quantity of a variant's gate and the limit it had to meet."""
+
+    name: str
+    value: float
+    limit: float
+    at_least: bool = False  # True: value >= limit passes; False: value <= limit passes
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+
+def checks_table(checks: Iterable[Check], measured_on: dict[str, Any] | None = None) -> str:
+    """The one table of a gate's checks (export's parity, a variant's gate, verify's), a line each."""
+    checks = tuple(checks)
+    width = max(len("check"), *(len(c.name) for c in checks))
+    lines = [f"{'check':<{width}}  {'measured':>10}  {'limit':>10}  result"]
+    for c in checks:
+        limit = f"{'>=' if c.at_least else '<='} {c.limit:.4g}"
+        lines.append(f"{c.name:<{width}}  {c.value:>10.4g}  {limit:>10}  {'ok' if c.passed else 'FAIL'}")
+    if measured_on:
+        isa = ", ".join(measured_on.get("isa", ())) or "none of note"
+        lines.append(f"measured on {measured_on.get('cpu', '?')} (instruction sets: {isa})")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -55,15 +84,13 @@ class ParityReport:
     def failures(self) -> tuple[OutputParity, ...]:
         return tuple(o for o in self.outputs if not o.passed)
 
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return tuple(Check(f"{o.name} max abs diff", o.max_abs_diff, o.tolerance) for o in self.outputs)
+
     def table(self) -> str:
-        """A fixed-width table of every output's max abs diff, one line each."""
-        width = max(len("output"), *(len(o.name) for o in self.outputs))
-        lines = [f"{'output':<{width}}  {'max abs diff':>12}  {'tolerance':>9}  result"]
-        for o in self.outputs:
-            lines.append(
-                f"{o.name:<{width}}  {o.max_abs_diff:>12.3e}  {o.tolerance:>9.0e}  {'ok' if o.passed else 'FAIL'}"
-            )
-        return "\n".join(lines)
+        """Every output's max abs diff against its tolerance, one line each (:func:`checks_table`)."""
+        return checks_table(self.checks)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ParityReport:
@@ -73,20 +100,6 @@ class ParityReport:
             description=str(data["description"]),
             outputs=tuple(OutputParity(**o) for o in data["outputs"]),
         )
-
-
-@dataclass(frozen=True)
-class Check:
-    """One measured quantity of a variant's gate and the limit it had to meet."""
-
-    name: str
-    value: float
-    limit: float
-    at_least: bool = False  # True: value >= limit passes; False: value <= limit passes
-
-    @property
-    def passed(self) -> bool:
-        return self.value >= self.limit if self.at_least else self.value <= self.limit
 
 
 @dataclass(frozen=True)
@@ -109,15 +122,7 @@ class VariantRecord:
         return tuple(c for c in self.checks if not c.passed)
 
     def table(self) -> str:
-        width = max(len("check"), *(len(c.name) for c in self.checks))
-        lines = [f"{'check':<{width}}  {'measured':>10}  {'limit':>10}  result"]
-        for c in self.checks:
-            limit = f"{'>=' if c.at_least else '<='} {c.limit:.4g}"
-            lines.append(f"{c.name:<{width}}  {c.value:>10.4g}  {limit:>10}  {'ok' if c.passed else 'FAIL'}")
-        if self.measured_on:
-            isa = ", ".join(self.measured_on.get("isa", ())) or "none of note"
-            lines.append(f"measured on {self.measured_on.get('cpu', '?')} (instruction sets: {isa})")
-        return "\n".join(lines)
+        return checks_table(self.checks, self.measured_on)
 
     @classmethod
     def from_parity(cls, file: str, devices: tuple[str, ...], report: ParityReport) -> VariantRecord:
@@ -125,7 +130,7 @@ class VariantRecord:
             file=file,
             devices=devices,
             gate=f"max abs diff to PyTorch fp32 per output, non-padded positions ({report.description})",
-            checks=tuple(Check(f"{o.name} max abs diff", o.max_abs_diff, o.tolerance) for o in report.outputs),
+            checks=report.checks,
         )
 
     @classmethod
@@ -136,6 +141,80 @@ class VariantRecord:
             gate=str(data["gate"]),
             checks=tuple(Check(**c) for c in data["checks"]),
             measured_on=dict(data.get("measured_on") or {}),
+        )
+
+
+RECIPE_ORIGINS: tuple[str, ...] = ("none", "sentence-transformers")
+
+
+@dataclass(frozen=True)
+class RecipeRecord:
+    """The embedding recipe a folder carries, and where it came from.
+
+    ``origin`` "none" (the checkpoint had no sentence-transformers files, or the folder is older than this record):
+    no recipe, so ``Encoder.embed`` keeps its own default ([CLS], not normalized, the model's length).
+    "sentence-transformers": read at export from ``files`` (modules.json, 1_Pooling/config.json, ...). ``recipe``
+    holds :class:`~bert_onnx.runtime.recipe.EmbedRecipe` fields (the runtime validates them); ``dense`` the Dense
+    layers' shapes and activations, their weights in :data:`~bert_onnx.interface.RECIPE_WEIGHTS_FILE`. ``prompts``
+    maps prompt names to the text prepended to every input; ``default_prompt_name`` is the one used when none is
+    asked for. ``understood`` is False when the export met files or modules it does not understand and was told to
+    go on (``--allow-unknown-modules``): then ``problems`` says what, and nothing of the recipe is applied.
+    """
+
+    origin: str = "none"
+    understood: bool = True
+    recipe: dict[str, Any] = field(default_factory=dict)
+    dense: tuple[dict[str, Any], ...] = ()
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+    files: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"{interface.MANIFEST_FILE}: recipe"
+        if self.origin not in RECIPE_ORIGINS:
+            raise ModelFolderError(f"{where} origin {self.origin!r} is not one of {', '.join(RECIPE_ORIGINS)}")
+        if self.origin == "none" and (self.recipe or self.dense or self.prompts or not self.understood):
+            raise ModelFolderError(f"{where}: origin 'none' carries no recipe")
+        if not self.understood and not self.problems:
+            raise ModelFolderError(f"{where}: marked not understood without saying why")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ModelFolderError(f"{where}: default prompt {self.default_prompt_name!r} is not among its prompts")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()):
+            raise ModelFolderError(f"{where}: prompts must map names to texts")
+
+    @property
+    def carried(self) -> bool:
+        """Whether the folder carries a recipe of its own (understood or not)."""
+        return self.origin != "none"
+
+    def summary(self) -> str:
+        """One line: where the recipe came from and what it is, or that there is none."""
+        if not self.carried:
+            return "none: the checkpoint had no sentence-transformers files; Encoder.embed's own default applies"
+        read = f"{self.origin} ({', '.join(self.files)})"
+        if not self.understood:
+            return f"NOT UNDERSTOOD, nothing of it is applied: {'; '.join(self.problems)} [{read}]"
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.recipe.items())
+        return f"{fields} [from {read}]"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecipeRecord:
+        return cls(
+            origin=str(data.get("origin", "none")),
+            understood=bool(data.get("understood", True)),
+            recipe=dict(data.get("recipe") or {}),
+            dense=tuple(dict(d) for d in data.get("dense") or ()),
+            prompts=dict(data.get("prompts") or {}),
+            default_prompt_name=data.get("default_prompt_name"),
+            similarity_fn_name=data.get("similarity_fn_name"),
+            files=tuple(data.get("files") or ()),
+            modules=tuple(data.get("modules") or ()),
+            problems=tuple(data.get("problems") or ()),
+            notes=tuple(data.get("notes") or ()),
         )
 
 
@@ -163,6 +242,7 @@ class Manifest:
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, VariantRecord] = field(default_factory=dict)
+    recipe: RecipeRecord = field(default_factory=RecipeRecord)  # folders from before it: no recipe
     # The model family (bert_onnx.families, by transformers model_type); folders from before it was recorded are BERT.
     family: str = families.BERT.model_type
 
@@ -173,10 +253,10 @@ class Manifest:
                 f"({', '.join(families.FAMILIES)}); upgrade bert-onnx or re-export the model"
             )
         if not self.variants:  # folders without a variants table hold the fp32 graph only
-            fp32 = VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], self.parity)
-            object.__setattr__(self, "variants", {"fp32": fp32})
+            fp32 = VariantRecord.from_parity(interface.MODEL_FILE, choices.get(choices.DEFAULT).devices, self.parity)
+            object.__setattr__(self, "variants", {choices.DEFAULT: fp32})
         for name, variant in self.variants.items():
-            if name not in interface.VARIANT_FILES or variant.file != interface.VARIANT_FILES[name]:
+            if name not in choices.CHOICES or variant.file != choices.CHOICES[name].file:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: unknown variant {name!r} ({variant.file})")
             if variant.file not in self.files:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {variant.file}")
@@ -204,6 +284,11 @@ class Manifest:
         missing = [name for name in interface.CHECKSUMMED_FILES if name not in self.files]
         if missing:
             raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {', '.join(missing)}")
+        if self.recipe.dense and interface.RECIPE_WEIGHTS_FILE not in self.files:
+            raise ModelFolderError(
+                f"{interface.MANIFEST_FILE}: the recipe has dense layers but no checksum for "
+                f"{interface.RECIPE_WEIGHTS_FILE}"
+            )
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -257,9 +342,10 @@ class Manifest:
                 created=str(data.get("created", "")),
                 extra=dict(data.get("extra", {})),
                 variants={name: VariantRecord.from_dict(v) for name, v in data.get("variants", {}).items()},
+                recipe=RecipeRecord.from_dict(data.get("recipe") or {}),
                 family=str(data.get("family", families.BERT.model_type)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ModelFolderError):
                 raise
             raise ModelFolderError(f"{interface.MANIFEST_FILE}: malformed manifest ({exc!r})") from exc

@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import gates, interface, machine
+from bert_onnx import choices, gates, interface, machine
 from bert_onnx.errors import InvalidValueError
 from bert_onnx.gates import References
 from bert_onnx.manifest import Manifest, ModelFolderError, VariantRecord
-from bert_onnx.runtime import profile
-from bert_onnx.runtime.encoder import Encoder, int8_clips_here
+from bert_onnx.runtime import backends, profile
+from bert_onnx.runtime.encoder import Encoder
+from bert_onnx.runtime.recipe import EmbedRecipe
+
+# What tune times: embed's fixed default recipe, not the folder's (which may ask for a recipe when not understood):
+# which choice is fastest does not depend on the pooling.
+TIMING_RECIPE = EmbedRecipe()
 
 Progress = Callable[[str], object]  # called once per step, with what the step is
 SHORT_TEXT = "I love Korea"  # the one-text latency
@@ -67,32 +72,13 @@ class Outcome:
 
 
 def candidates(manifest: Manifest, device: str) -> list[tuple[str, str | None]]:
-    """Every choice for ``device`` with the reason it cannot run here, or ``None`` if it can."""
-    found: list[tuple[str, str | None]] = []
-    for name in profile.ONNXRUNTIME_CHOICES:
-        record = manifest.variants.get(name)
-        if record is None:
-            continue
-        if device not in record.devices:
-            found.append((name, f"the {name} graph runs on {', '.join(record.devices)}, not {device}"))
-        elif name == "int8":
-            found.append((name, int8_clips_here(manifest)))
-        else:
-            found.append((name, None))
-    for precision, name in interface.OPENVINO_VARIANTS.items():
-        found.append((name, _openvino_unavailable(precision) if device == "cpu" else "OpenVINO runs on the CPU only"))
-    return found
-
-
-def _openvino_unavailable(precision: str) -> str | None:
-    from bert_onnx.runtime import openvino_backend
-
-    try:
-        openvino_backend.cpu_capabilities()  # imports openvino
-        openvino_backend.check_precision(precision)
-    except openvino_backend.BackendError as exc:
-        return str(exc)
-    return None
+    """Every choice for ``device`` with the reason it cannot run here, or ``None`` if it can; a choice with a file
+    of its own only where the folder holds it."""
+    return [
+        (choice.name, backends.backend_of(choice).unavailable(choice, device, manifest))
+        for choice in choices.CHOICES.values()
+        if choice.name in manifest.variants or not choice.own_file
+    ]
 
 
 def open_choice(
@@ -100,17 +86,17 @@ def open_choice(
 ) -> Encoder:
     """An ``Encoder`` running choice ``name`` (``verify=False``: its files' checksums were just checked)."""
     with warnings.catch_warnings():
-        # OpenVINO's gate may not have been run at export; verify and tune measure it here.
+        # A choice's gate may not have been run at export (OpenVINO's); verify and tune measure it here.
         warnings.filterwarnings("ignore", message=r".*was not validated for .* at export")
-        options = profile.choice_options(name)
+        keywords = choices.get(name).keywords
         return Encoder(
             model_dir,
             device=device,
             threads=threads,
             verify=verify,
-            backend=options["backend"],
-            variant=options["variant"],
-            precision=options["precision"],
+            backend=keywords.get("backend"),
+            variant=keywords.get("variant"),
+            precision=keywords.get("precision"),
         )
 
 
@@ -127,11 +113,12 @@ def load_references(model_dir: Path, manifest: Manifest) -> References:
 
 def check_gate(name: str, encoder: Encoder, references: References) -> VariantRecord:
     """Choice ``name``'s export gate, measured on ``encoder`` here against the stored references."""
-    checks = gates.measure(name, references, encoder.runner.run, encoder.tokenizer, encoder.max_length)
+    choice = choices.get(name)
+    checks = gates.measure(choice.gate, references, encoder.runner.run, encoder.tokenizer, encoder.max_length)
     return VariantRecord(
-        file=interface.VARIANT_FILES[name],
-        devices=interface.VARIANT_DEVICES[name],
-        gate=gates.gate_description(name, references, encoder.max_length),
+        file=choice.file,
+        devices=choice.devices,
+        gate=gates.describe(choice, references, encoder.max_length),
         checks=checks,
         measured_on={**machine.describe(), **{k: v for k, v in profile.library_versions().items() if v}},
     )
@@ -174,7 +161,7 @@ def steps(model_dir: str | Path, device: str = "cpu", rounds: int = 3) -> tuple[
 def _texts_per_second(encoder: Encoder, texts: Sequence[str], repeats: int) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
-        encoder.embed(texts)
+        encoder.embed_recipe(texts, TIMING_RECIPE)
     return repeats * len(texts) / (time.perf_counter() - started)
 
 
@@ -198,7 +185,7 @@ def tune(
     repeats = {}
     for name, encoder in passing.items():  # warm up, and repeat short runs until they are long enough to time
         started = time.perf_counter()
-        encoder.embed(texts[:8])
+        encoder.embed_recipe(texts[:8], TIMING_RECIPE)
         estimate = (time.perf_counter() - started) * len(texts) / min(8, len(texts))
         repeats[name] = max(1, math.ceil(MIN_TIMING_SECONDS / max(estimate, 1e-6)))
     speeds: dict[str, list[float]] = {name: [] for name in passing}

@@ -39,6 +39,12 @@ CHECKPOINT_NAMES = {
     "modernbert": "tiny-random-modernbert",
     "roberta-base": "roberta-base-arch-random-weights",
     "bert-generic-tokenizer": "tiny-random-bert-generic-tokenizer",
+    # sentence-transformers layouts (scripts/checkpoints_st.py)
+    "st-minilm": "st-all-MiniLM-L6-v2",
+    "st-cls-dense": "st-minilm-cls-dense",
+    "st-prompts": "st-minilm-prompts",
+    "st-truncate-dim": "st-minilm-truncate-dim",
+    "tiny-st-max": "st-tiny-max-legacy",
 }
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from bert_onnx.jobs import PartStore, ResumeError, embed_file, parts_dir
-from bert_onnx.runtime import EmbedRecipe
+from bert_onnx.runtime import EmbedRecipe, Encoder
+from bert_onnx.runtime.recipe import Batching
 
 pytestmark = pytest.mark.fast  # the edit-loop tier: tiny checkpoint, in process
 
@@ -121,3 +122,40 @@ def test_embed_file_names_the_line_that_is_too_long(export_dir: Callable[[str], 
     with pytest.raises(ValueError, match=r"in\.txt: line 8 is 42 tokens long, over max_length 16"):
         embed_file(export_dir("tiny"), source, tmp_path / "out.npy", recipe, chunk_size=3)
     assert PartStore.finished(parts_dir(tmp_path / "out.npy")) == 2, "the two finished parts are kept"
+
+
+def test_a_job_resumes_with_other_batching_but_not_another_recipe(
+    export_dir: Callable[[str], Path], lines: Path, tmp_path: Path
+) -> None:
+    """The fingerprint holds what changes the vectors (the recipe, the model's files), not how texts are batched."""
+    folder = export_dir("tiny")
+    reference = tmp_path / "reference.npy"
+    embed_file(folder, lines, reference, chunk_size=5, batching=Batching(batch_size=32))
+    out = tmp_path / "out.npy"
+
+    def interrupt_after_two_parts(count: int, seen: list[int] = []) -> None:  # noqa: B006  # one call's counter
+        seen.append(count)
+        if sum(seen) >= 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_file(folder, lines, out, chunk_size=5, batching=Batching(1), progress=interrupt_after_two_parts)
+    settings = json.loads((parts_dir(out) / "index.json").read_text())["settings"]
+    assert settings["pooling"] == "cls" and settings["tokenizer_sha256"] and "batch_size" not in settings
+    with pytest.raises(ResumeError, match=r"other settings \(normalize: was False, now True\)"):
+        embed_file(folder, lines, out, EmbedRecipe(normalize=True), chunk_size=5, resume=True)
+    assert embed_file(folder, lines, out, chunk_size=5, batching=Batching(3, max_tokens=600), resume=True) == (23, 32)
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_a_job_embeds_by_the_folder_recipe_unless_given_one(
+    export_dir: Callable[[str], Path], lines: Path, tmp_path: Path
+) -> None:
+    folder = export_dir("tiny-st-max")  # a sentence-transformers layout: max pooling, 24 tokens
+    texts = lines.read_text(encoding="utf-8").splitlines()
+    encoder = Encoder(folder)
+    embed_file(encoder, lines, tmp_path / "own.npy", chunk_size=7)
+    np.testing.assert_array_equal(np.load(tmp_path / "own.npy"), encoder.embed(texts))
+    embed_file(encoder, lines, tmp_path / "cls.npy", EmbedRecipe(), chunk_size=7)
+    np.testing.assert_array_equal(np.load(tmp_path / "cls.npy"), encoder.embed_recipe(texts, EmbedRecipe()))
+    assert not np.array_equal(np.load(tmp_path / "own.npy"), np.load(tmp_path / "cls.npy"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_onnx import interface
+from bert_onnx import choices, interface
 from bert_onnx.manifest import FORMAT_VERSION, ModelFolderError
 from bert_onnx.runtime import Encoder
 
@@ -88,7 +88,7 @@ def test_missing_manifest(folder: Path) -> None:
         (lambda m: "[1, 2]", "expected a JSON object"),
         (
             lambda m: json.dumps({**m, "format_version": FORMAT_VERSION + 1}),
-            "format_version 2 is not supported",
+            f"format_version {FORMAT_VERSION + 1} is not supported",
         ),
         (lambda m: json.dumps({**m, "format": "other"}), "format 'other' is not 'bert-onnx'"),
         (lambda m: json.dumps({k: v for k, v in m.items() if k != "hidden_size"}), "malformed manifest"),
@@ -175,8 +175,8 @@ def test_known_domains_are_what_our_variants_use(variants_dir: Path) -> None:
     from bert_onnx.runtime.graph_check import KNOWN_DOMAINS, operator_domains
 
     for variant in ("fp32", "opt", "int8"):
-        path = variants_dir / interface.VARIANT_FILES[variant]
+        path = variants_dir / choices.get(variant).file
         expected = {o.domain for o in onnx.load(str(path), load_external_data=False).opset_import}
         assert operator_domains(path) == expected
         assert expected <= KNOWN_DOMAINS
-    assert "com.microsoft" in operator_domains(variants_dir / interface.VARIANT_FILES["opt"])
+    assert "com.microsoft" in operator_domains(variants_dir / choices.get("opt").file)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import PACKAGE_ROOT, assert_error, cli_env, run_cli, wait_for
+from helpers import PACKAGE_ROOT, assert_error, checkpoint_path, cli_env, run_cli, wait_for
 
 ray = pytest.importorskip("ray", reason="Ray is the [ray] extra, which the test environment installs")
 
@@ -190,6 +190,30 @@ def test_cli_resume_after_kill(
         for a, b in zip(again, first, strict=True)
     )
     assert worst <= 1e-5, worst
+
+
+def test_a_folder_recipe_is_the_default_on_ray(
+    cluster: str, texts: list[str], export_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A sentence-transformers layout (max pooling, 24 tokens, lower-casing) gives its own vectors on Ray with no
+    recipe named, through RayEmbedder and through `bert-onnx embed --engine ray`: sentence-transformers' encode."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sentence_transformers import SentenceTransformer
+
+    model = export_dir("tiny-st-max")
+    sample = [t.upper() if i % 3 == 0 else t for i, t in enumerate(texts[:60])]
+    expected = SentenceTransformer(str(checkpoint_path("tiny-st-max")), device="cpu").encode(sample)
+    got = _embed(ray.data.from_items(_rows(sample)), model_dir=str(model))
+    assert max(float(np.abs(got[1000 + i] - expected[i]).max()) for i in range(len(sample))) <= 1e-5
+    source, out = tmp_path / "in.parquet", tmp_path / "out"
+    pq.write_table(pa.Table.from_pylist(_rows(sample)), source)
+    run = run_cli("embed", model, source, "--engine", "ray", "--address", cluster, "--output", out, timeout=300)
+    assert run.returncode == 0, run.describe()
+    written = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in _read_parts(out)])
+    assert float(np.abs(written - expected).max()) <= 1e-5
+    index = json.loads((out / "index.json").read_text())
+    assert index["settings"]["pooling"] == "max" and "batch_size" not in index["settings"]
 
 
 def test_no_ray_import_without_engine_ray(export_dir: Callable[[str], Path], tmp_path: Path) -> None:

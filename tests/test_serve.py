@@ -1,9 +1,11 @@
 """``bert-onnx serve`` run as users run it: real servers in subprocesses on loopback, real clients.
 
 Every answer is compared with ``Encoder.embed`` (or ``encode``) of the same texts *alone*, computed here: batch
-invariance means whatever else the server had in flight does not change a vector. The official ``openai`` SDK
-talks to the OpenAI-compatible route; every bad input the server refuses has a case expecting its 4xx; a fuzzer
-checks that no body gets a 5xx; SIGTERM under load loses no accepted request.
+invariance means whatever else the server had in flight does not change a vector. The official ``openai`` SDK and
+LangChain's ``OpenAIEmbeddings`` talk to the OpenAI-compatible route; token ids are refused unless the server is
+started with ``--accept-token-ids``; every bad input the server refuses has a case expecting its 4xx (the same
+cases run in process, in the fast tier, in tests/test_serve_asgi.py); a fuzzer checks that no body gets a 5xx;
+SIGTERM under load loses no accepted request.
 """
 
 from __future__ import annotations
@@ -28,7 +30,23 @@ import pytest
 from helpers import assert_error, cli_env, run_cli, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_helpers import Reply, Server, call, metric, read_reply, start_server
+from serve_helpers import (
+    BAD,
+    BAD_IDS,
+    BODIES,
+    LONG,
+    REFUSED_IDS,
+    ROUTES,
+    TOKEN_ID_PARTS,
+    V1,
+    Body,
+    Reply,
+    Server,
+    call,
+    metric,
+    read_reply,
+    start_server,
+)
 
 from bert_onnx import machine
 from bert_onnx.export.corpus import documentation_paragraphs
@@ -36,7 +54,6 @@ from bert_onnx.runtime import Encoder
 from bert_onnx.serve.metrics import METRICS
 
 PARAGRAPHS = documentation_paragraphs()
-LONG = "Every token of this text counts toward the longest row a batch can hold. " * 60  # > 512 tokens
 TEXTS = [
     "I love Korea",
     "héllo wörld — 日本語のテキスト 🙂",
@@ -51,6 +68,14 @@ KEY = "s3cret-key"
 def tiny(export_dir: Callable[[str], Path]) -> Iterator[Server]:
     """The tiny checkpoint with the default recipe (cls pooling), default limits."""
     server = start_server(export_dir("tiny"))
+    yield server
+    assert server.stop() == 0, server.stderr()
+
+
+@pytest.fixture(scope="module")
+def tiny_ids(export_dir: Callable[[str], Path]) -> Iterator[Server]:
+    """The tiny checkpoint, default recipe, taking token-id input (``--accept-token-ids``)."""
+    server = start_server(export_dir("tiny"), "--accept-token-ids")
     yield server
     assert server.stop() == 0, server.stderr()
 
@@ -128,13 +153,17 @@ def test_openai_sdk_equals_embed_alone(variants_dir: Path, variant: str, toleran
         one = client.embeddings.create(model="m", input=TEXTS[2])
         np.testing.assert_allclose(one.data[0].embedding, expected[2], rtol=0, atol=tolerance)
 
-        # Token ids (the text's tokens without [CLS]/[SEP]) give the text's vector.
+        # Token ids are refused by default, with the reason, which the SDK raises as its 422 error.
         ids = [encoder.tokenizer.backend.encode(text, add_special_tokens=False).ids for text in TEXTS[:4]]
-        by_ids = client.embeddings.create(model="m", input=ids)
-        np.testing.assert_allclose([d.embedding for d in by_ids.data], expected[:4], rtol=0, atol=tolerance)
+        with pytest.raises(openai.UnprocessableEntityError, match="this server tokenizes text itself"):
+            client.embeddings.create(model="m", input=ids)
 
-        with pytest.raises(openai.UnprocessableEntityError, match="dimensions is not supported"):
-            client.embeddings.create(model="m", input="x", dimensions=64)
+        # OpenAI's dimensions: the first N values, renormalized (the server's recipe normalizes).
+        cut = client.embeddings.create(model="m", input=TEXTS[:3], dimensions=64)
+        expected_cut = alone(encoder, TEXTS[:3], pooling="mean", normalize=True, dimensions=64)
+        np.testing.assert_allclose([d.embedding for d in cut.data], expected_cut, rtol=0, atol=tolerance)
+        with pytest.raises(openai.UnprocessableEntityError, match=r"dimensions=385 must be in \[1, 384\]"):
+            client.embeddings.create(model="m", input="x", dimensions=385)
     finally:
         assert server.stop() == 0, server.stderr()
 
@@ -150,9 +179,9 @@ RECIPES: list[dict[str, Any]] = [
 ]
 
 
-def test_64_concurrent_clients_get_their_own_vectors(tiny: Server, tiny_encoder: Encoder) -> None:
-    """64 clients start together with mixed lengths, counts, recipes and input kinds; each answer equals the
-    texts embedded alone with that client's recipe."""
+def test_64_concurrent_clients_get_their_own_vectors(tiny_ids: Server, tiny_encoder: Encoder) -> None:
+    """64 clients start together with mixed lengths, counts, recipes and input kinds (texts and, since this server
+    accepts them, token ids); each answer equals the texts embedded alone with that client's recipe."""
     rng = np.random.default_rng(7)
     jobs = []
     for client in range(64):
@@ -168,11 +197,11 @@ def test_64_concurrent_clients_get_their_own_vectors(tiny: Server, tiny_encoder:
         client, texts, recipe = job
         barrier.wait()
         if not recipe and client % 2:
-            return vectors(call(tiny, "POST", "/v1/embeddings", {"input": texts, "encoding_format": "base64"}))
+            return vectors(call(tiny_ids, "POST", "/v1/embeddings", {"input": texts, "encoding_format": "base64"}))
         if not recipe:
             ids = [tiny_encoder.tokenizer.backend.encode(t, add_special_tokens=False).ids for t in texts]
-            return vectors(call(tiny, "POST", "/v1/embeddings", {"input": ids, "model": "tiny"}))
-        return vectors(call(tiny, "POST", "/embed", {"input": texts, **recipe}))
+            return vectors(call(tiny_ids, "POST", "/v1/embeddings", {"input": ids, "model": "tiny"}))
+        return vectors(call(tiny_ids, "POST", "/embed", {"input": texts, **recipe}))
 
     with ThreadPoolExecutor(64) as pool:
         answers = list(pool.map(send, jobs))
@@ -193,6 +222,7 @@ def test_info_health_tokenize_encode_and_metrics(tiny: Server, tiny_encoder: Enc
     assert info["machine"]["isa"] == machine.describe()["isa"]
     assert info["manifest"]["outputs"] == json.loads(tiny_encoder.manifest.to_json())["outputs"]
     assert info["settings"]["host"] == "127.0.0.1" and info["settings"]["api_key"] is False
+    assert info["token_ids"] == "refused" and info["settings"]["accept_token_ids"] is False
     assert tiny.url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
 
     tokenized = call(tiny, "POST", "/tokenize", {"input": ["I love Korea", "hello"]}).json()["data"]
@@ -232,61 +262,89 @@ def test_info_health_tokenize_encode_and_metrics(tiny: Server, tiny_encoder: Enc
     assert 'bert_onnx_requests_total{route="/encode",status="200"}' in text
 
 
-# -- bad input: each refusal and its status -------------------------------------------------------------------
+# -- token ids (issue: LangChain's default sends tiktoken ids) ------------------------------------------------
 
-V1 = "/v1/embeddings"
-BAD: list[tuple[str, str, bytes | str | dict[str, Any] | list[Any], int, str]] = [
-    ("truncated JSON", V1, '{"input": ["a"', 400, "not valid JSON"),
-    ("not JSON at all", V1, "input=hello", 400, "not valid JSON"),
-    ("invalid UTF-8", V1, b'{"input": "\xff\xfe"}', 400, "not valid JSON"),
-    ("nested too deeply", V1, "[" * 100_000 + "]" * 100_000, 400, "nested too deeply"),
-    ("an integer of 5,000 digits", V1, '{"input": [' + "9" * 5000 + "]}", 400, "not valid JSON"),
-    ("an array, not an object", V1, [1, 2], 400, "must be a JSON object"),
-    ("empty body", V1, b"", 400, "not valid JSON"),
-    ("no input", V1, {"model": "m"}, 422, "input is required"),
-    ("input null", V1, {"input": None}, 422, "input is required"),
-    ("input a number", V1, {"input": 5}, 422, "input must be"),
-    ("input an object", V1, {"input": {"text": "a"}}, 422, "input must be"),
-    ("empty list", V1, {"input": []}, 422, "empty list"),
-    ("empty string", V1, {"input": ""}, 422, "empty string"),
-    ("empty string in a list", V1, {"input": ["a", ""]}, 422, "input[1] is an empty string"),
-    ("empty id list", V1, {"input": [[]]}, 422, "empty list of token ids"),
-    ("texts and numbers mixed", V1, {"input": ["a", 3]}, 422, "input[1] is a number"),
-    ("floats as ids", V1, {"input": [1.5, 2.0]}, 422, "input must be"),
-    ("booleans as ids", V1, {"input": [[True, False]]}, 422, "not a list of integer token ids"),
-    ("id lists and texts mixed", V1, {"input": [[1, 2], "a"]}, 422, "input[1] is not a list of integer token ids"),
-    ("a lone surrogate", V1, '{"input": ["ok", "bad \\ud800 text"]}', 422, "lone surrogate U+D800"),
-    ("an id over the vocabulary", V1, {"input": [[101, 30522]]}, 422, "input[0][1] = 30522 is outside"),
-    ("a negative id", V1, {"input": [-1, 5]}, 422, "input[0][0] = -1 is outside"),
-    ("dimensions", V1, {"input": "a", "dimensions": 8}, 422, "dimensions is not supported"),
-    ("an unknown field", V1, {"input": "a", "temperature": 1}, 422, "unsupported field(s) for POST /v1/embeddings"),
-    ("model not a string", V1, {"input": "a", "model": 3}, 422, "model must be a string"),
-    ("encoding_format hex", V1, {"input": "a", "encoding_format": "hex"}, 422, "encoding_format='hex'"),
-    ("2,049 inputs", V1, {"input": ["a"] * 2049}, 413, "2049 items, over the limit of 2048"),
-    ("over 300,000 tokens", V1, {"input": [LONG] * 600}, 413, "tokens, over the limit of 300000"),
-    ("pooling avg", "/embed", {"input": "a", "pooling": "avg"}, 422, "pooling='avg' is not one of cls, pooler, mean"),
-    ("layer out of range", "/embed", {"input": "a", "layers": [9]}, 422, "layer 9 is out of range"),
-    ("layers a string", "/embed", {"input": "a", "layers": "-4:"}, 422, "layers='-4:' must be an int"),
-    ("pooler with layers", "/embed", {"input": "a", "pooling": "pooler", "layers": [1]}, 422, "takes no layers"),
-    ("normalize a string", "/embed", {"input": "a", "normalize": "yes"}, 422, "normalize='yes' must be True"),
-    ("max_length over the model's", "/embed", {"input": "a", "max_length": 4096}, 422, "over the model's 512"),
-    ("max_length 1", "/embed", {"input": "a", "max_length": 1}, 422, "max_length=1 must be an int >= 2"),
-    ("too long, truncation off", "/embed", {"input": [LONG], "truncation": False}, 422, "input[0] is"),
-    ("ids too long, truncation off", "/embed", {"input": [[5] * 600], "truncation": False}, 422, "input[0] is 602"),
-    ("batch_size per request", "/embed", {"input": "a", "batch_size": 4}, 422, "unsupported field(s)"),
-    ("an unknown output", "/encode", {"input": "a", "outputs": ["hidden_states.9"]}, 422, "'hidden_states.9' is not"),
-    ("outputs empty", "/encode", {"input": "a", "outputs": []}, 422, "outputs is an empty list"),
-    ("17 texts to encode", "/encode", {"input": ["a"] * 17}, 413, "17 items, over the limit of 16"),
-    ("tokenize ids", "/tokenize", {"input": [1, 2]}, 422, "input must be a string, a list of strings;"),
-    ("add_special_tokens 1", "/tokenize", {"input": "a", "add_special_tokens": 1}, 422, "must be true or false"),
-]
+
+@pytest.mark.parametrize(("path", "body"), [case[1:] for case in REFUSED_IDS], ids=[c[0] for c in REFUSED_IDS])
+def test_token_ids_are_refused_by_default(tiny: Server, path: str, body: Body) -> None:
+    reply = call(tiny, "POST", path, body)
+    assert reply.status == 422, reply.body[:500]
+    for part in TOKEN_ID_PARTS:
+        assert part in reply.error(), reply.error()
+
+
+def test_texts_are_the_same_whether_or_not_ids_are_accepted(
+    tiny: Server, tiny_ids: Server, tiny_encoder: Encoder
+) -> None:
+    texts = ["hello world", *PARAGRAPHS[:3], LONG]
+    expected = alone(tiny_encoder, texts)
+    for server in (tiny, tiny_ids):
+        np.testing.assert_allclose(vectors(call(server, "POST", V1, {"input": texts})), expected, rtol=0, atol=1e-5)
+        by_embed = vectors(call(server, "POST", "/embed", {"input": texts, "pooling": "mean"}))
+        np.testing.assert_allclose(by_embed, alone(tiny_encoder, texts, pooling="mean"), rtol=0, atol=1e-5)
+
+
+def test_accepted_token_ids_from_tokenize_give_the_texts_vectors(tiny_ids: Server, tiny_encoder: Encoder) -> None:
+    """With --accept-token-ids, the ids /tokenize gives (without [CLS]/[SEP]) embed to the texts' own vectors,
+    on every route that takes input."""
+    assert call(tiny_ids, "GET", "/info").json()["token_ids"] == "accepted"
+    texts = ["I love Korea", "hello world", PARAGRAPHS[5], LONG]
+    tokenized = call(tiny_ids, "POST", "/tokenize", {"input": texts, "add_special_tokens": False}).json()["data"]
+    ids = [row["ids"] for row in tokenized]
+    assert ids[0] == [1045, 2293, 4420]
+    np.testing.assert_allclose(
+        vectors(call(tiny_ids, "POST", V1, {"input": ids})), alone(tiny_encoder, texts), rtol=0, atol=1e-5
+    )
+    one = vectors(call(tiny_ids, "POST", V1, {"input": ids[1]}))  # a single sequence of ids
+    np.testing.assert_allclose(one, alone(tiny_encoder, texts[1:2]), rtol=0, atol=1e-5)
+    recipe = {"pooling": "mean", "normalize": True, "max_length": 16}
+    by_embed = vectors(call(tiny_ids, "POST", "/embed", {"input": ids, **recipe}))
+    np.testing.assert_allclose(by_embed, alone(tiny_encoder, texts, **recipe), rtol=0, atol=1e-5)
+    encoded = call(tiny_ids, "POST", "/encode", {"input": ids[:2], "outputs": ["pooler_output"]}).json()["data"]
+    with_special = call(tiny_ids, "POST", "/tokenize", {"input": texts[:2]}).json()["data"]
+    assert [row["input_ids"] for row in encoded] == [row["ids"] for row in with_special]
+    for text, row in zip(texts[:2], encoded, strict=True):
+        payload = row["outputs"]["pooler_output"]
+        got = np.frombuffer(base64.b64decode(payload["data"]), dtype="<f4")
+        np.testing.assert_allclose(got, tiny_encoder.encode([text]).pooler_output[0], rtol=0, atol=1e-5)
+
+
+def test_langchain_with_check_embedding_ctx_length_off_sends_text(tiny: Server, tiny_encoder: Encoder) -> None:
+    """LangChain's OpenAIEmbeddings, as docs/serve.md configures it, against a default server (token ids refused):
+    it sends the texts, and gets their vectors."""
+    from langchain_openai import OpenAIEmbeddings
+
+    client = OpenAIEmbeddings(
+        model="tiny",
+        base_url=f"{tiny.url}/v1",
+        api_key="unused",  # type: ignore[arg-type]  # pydantic wraps the str in a SecretStr
+        check_embedding_ctx_length=False,
+        max_retries=0,
+    )
+    texts = ["I love Korea", "line one\nline two", *PARAGRAPHS[:4], LONG]
+    got = np.array(client.embed_documents(texts), dtype=np.float32)
+    np.testing.assert_allclose(got, alone(tiny_encoder, texts), rtol=0, atol=1e-5)
+    query = np.array(client.embed_query(texts[0]), dtype=np.float32)
+    np.testing.assert_allclose(query, alone(tiny_encoder, texts[:1])[0], rtol=0, atol=1e-5)
+
+
+# -- bad input: each refusal and its status -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("path", "body", "status", "needle"), [case[1:] for case in BAD], ids=[c[0] for c in BAD])
-def test_bad_input_gets_its_4xx(
-    tiny: Server, path: str, body: bytes | str | dict[str, Any] | list[Any], status: int, needle: str
-) -> None:
+def test_bad_input_gets_its_4xx(tiny: Server, path: str, body: Body, status: int, needle: str) -> None:
     reply = call(tiny, "POST", path, body)
+    assert reply.status == status, reply.body[:500]
+    assert needle in reply.error(), reply.error()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"), [case[1:] for case in BAD_IDS], ids=[c[0] for c in BAD_IDS]
+)
+def test_bad_token_ids_get_their_4xx_where_ids_are_accepted(
+    tiny_ids: Server, path: str, body: Body, status: int, needle: str
+) -> None:
+    reply = call(tiny_ids, "POST", path, body)
     assert reply.status == status, reply.body[:500]
     assert needle in reply.error(), reply.error()
 
@@ -319,51 +377,15 @@ def test_unknown_routes_methods_and_large_bodies(tiny: Server) -> None:
 
 # -- fuzzing: no body gets a 5xx ------------------------------------------------------------------------------
 
-FIELDS = [
-    "input",
-    "model",
-    "encoding_format",
-    "dimensions",
-    "user",
-    "pooling",
-    "layers",
-    "combine",
-    "normalize",
-    "max_length",
-    "truncation",
-    "outputs",
-    "add_special_tokens",
-]
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**70), 2**70),
-    st.floats(allow_nan=False),
-    st.text(max_size=40),
-    st.sampled_from(["cls", "mean", "pooler", "concat", "float", "base64", "last_hidden_state", "hidden_states.1"]),
-)
-JSON = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=20,
-)
-BODIES = st.one_of(
-    st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6).map(json.dumps),
-    st.fixed_dictionaries({"input": st.lists(st.integers(-5, 40000), max_size=8)}).map(json.dumps),
-    JSON.map(json.dumps),
-    st.binary(max_size=200),
-    st.text(max_size=200),
-)
-
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(["/v1/embeddings", "/embed", "/encode", "/tokenize"]), body=BODIES)
-def test_fuzzed_bodies_never_get_a_5xx(tiny: Server, path: str, body: str | bytes) -> None:
-    reply = call(tiny, "POST", path, body)
+@given(path=st.sampled_from(ROUTES), body=BODIES)
+def test_fuzzed_bodies_never_get_a_5xx(tiny_ids: Server, path: str, body: str | bytes) -> None:
+    reply = call(tiny_ids, "POST", path, body)
     assert reply.status < 500, (path, body, reply.body[:500])
     if reply.status >= 400:
         reply.error()  # a JSON error naming the problem
-    assert tiny.process.poll() is None
+    assert tiny_ids.process.poll() is None
 
 
 # -- overload, auth and clients that leave (real weights, so work takes long enough to watch) -----------------
@@ -394,7 +416,7 @@ def test_full_queue_answers_429_with_retry_after(guarded: Server, variants_dir: 
         refused = call(guarded, "POST", V1, {"input": "one more"}, headers=AUTH)
         assert refused.status == 429, refused.body
         assert int(refused.headers["retry-after"]) >= 1
-        assert "--max-queue" in refused.error()
+        assert "the limit is 16 (max_queue)" in refused.error()
         answer = first.result(timeout=120)
     expected = Encoder(variants_dir, variant="fp32").embed([LONG], pooling="mean", normalize=True)
     np.testing.assert_allclose(vectors(answer), np.repeat(expected, 16, axis=0), rtol=0, atol=1e-5)
@@ -483,11 +505,12 @@ def test_sigterm_under_load_answers_every_accepted_request(export_dir: Callable[
 
 
 def test_runtime_and_cli_do_not_import_the_server_stack() -> None:
-    """``bert_onnx.runtime``, ``jobs`` and the CLI's module load without Starlette, uvicorn or prometheus-client;
-    only ``bert-onnx serve`` imports them, when it runs."""
+    """``bert_onnx.runtime``, ``jobs`` and the CLI's module load without Starlette, uvicorn or prometheus-client
+    (the CLI reads only ``bert_onnx.serve.settings``, for its defaults); only ``bert-onnx serve`` imports them,
+    when it runs."""
     code = (
         "import sys, bert_onnx.runtime, bert_onnx.jobs, bert_onnx.cli; "
-        "print([m for m in ('starlette', 'uvicorn', 'prometheus_client', 'bert_onnx.serve') if m in sys.modules])"
+        "print([m for m in ('starlette', 'uvicorn', 'prometheus_client', 'bert_onnx.serve.app') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

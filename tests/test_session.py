@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import max_diffs, torch_reference
 
-from bert_onnx import interface
+from bert_onnx import choices, interface
 from bert_onnx.runtime import Encoder
 
 TEXTS = ["I love Korea", "a longer sentence, with punctuation and more than a few tokens in it", ""]
@@ -41,7 +41,7 @@ def test_second_load_starts_from_the_cached_graph(export_dir: Callable[[str], Pa
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "staging file left behind"
     second = Encoder(folder, variant="fp32", session_cache=tmp_path)
     assert _model_path(second) == graph
-    assert _model_path(first) == folder / interface.VARIANT_FILES["fp32"]
+    assert _model_path(first) == folder / choices.get("fp32").file
     _same_outputs(first, Encoder(folder, variant="fp32", session_cache=False))
     _same_outputs(second, Encoder(folder, variant="fp32", session_cache=False))
 
@@ -75,7 +75,7 @@ def test_damaged_cache_entry_is_rebuilt_not_used(
     else:
         graph.with_suffix(".sha256").unlink()
     enc = Encoder(folder, variant="fp32", session_cache=tmp_path)
-    assert _model_path(enc) == folder / interface.VARIANT_FILES["fp32"], "a damaged entry was loaded"
+    assert _model_path(enc) == folder / choices.get("fp32").file, "a damaged entry was loaded"
     assert graph.read_bytes() == good, "the entry was not rebuilt"
     _same_outputs(enc, Encoder(folder, variant="fp32", session_cache=False))
 

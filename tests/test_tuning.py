@@ -22,7 +22,7 @@ import pytest
 from helpers import assert_error, run_cli
 from onnx import numpy_helper
 
-from bert_onnx import interface, machine, tuning
+from bert_onnx import choices, interface, machine, tuning
 from bert_onnx.gates import References, selection
 from bert_onnx.manifest import Manifest, ModelFolderError, sha256_file
 from bert_onnx.runtime import Encoder, openvino_backend, profile
@@ -135,7 +135,7 @@ def test_verify_passes_a_good_folder_with_the_export_s_numbers(variants_dir: Pat
 
 def test_verify_fails_a_damaged_int8_graph_whose_checksum_was_re_signed(variants_dir: Path, tmp_path: Path) -> None:
     folder = Path(shutil.copytree(variants_dir, tmp_path / "model"))
-    path = folder / interface.VARIANT_FILES["int8"]
+    path = folder / choices.get("int8").file
     model = onnx.load(str(path))
     # Damage every 8-bit weight matrix a little: reverse the order of its rows (the same values, wrong places).
     damaged = 0
@@ -211,7 +211,7 @@ def test_tune_writes_a_profile_keyed_by_machine_and_versions(tiny_tuned: dict[st
     assert entry["machine"] == profile.machine_key("cpu", None)
     assert entry["versions"] == profile.library_versions()
     names = [c["name"] for c in entry["choices"]]
-    assert names[0] == "fp32" and set(names) <= set(profile.CHOICES)
+    assert names[0] == "fp32" and set(names) <= set(choices.NAMES)
     passed = [c for c in entry["choices"] if c["passed"]]
     assert tiny_tuned["pick"].name == max(passed, key=lambda c: c["texts_per_second"])["name"]
     assert tiny_tuned["pick"].reason.startswith("tuned here on ")

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from helpers import checkpoint_path, max_diffs, torch_reference
 
-from bert_onnx import interface, machine
+from bert_onnx import choices, interface, machine
 from bert_onnx.export import ExportError, export_model
 from bert_onnx.export.errors import VariantGateError
 from bert_onnx.manifest import Manifest, ModelFolderError
@@ -28,7 +28,7 @@ def test_manifest_records_every_variant_and_its_gate(variants_dir: Path) -> None
     manifest = Manifest.read(variants_dir)
     assert list(manifest.variants) == ["fp32", "opt", "int8"]
     for name, record in manifest.variants.items():
-        assert record.file == interface.VARIANT_FILES[name]
+        assert record.file == choices.get(name).file
         # Where the gate ran is on record (int8 rounds differently per CPU); that it passed, Manifest.read checks.
         assert record.checks and record.measured_on["cpu"]
         assert (variants_dir / record.file).is_file()
@@ -135,7 +135,7 @@ def test_variant_errors(variants_dir: Path, kwargs: dict[str, str], message: str
 
 def test_only_the_files_in_use_are_needed_intact(variants_dir: Path, tmp_path: Path) -> None:
     folder = Path(shutil.copytree(variants_dir, tmp_path / "model"))
-    with open(folder / interface.VARIANT_FILES["int8"], "ab") as handle:
+    with open(folder / choices.get("int8").file, "ab") as handle:
         handle.write(b"\x00")
     assert Encoder(folder, variant="fp32").embed(["ok"]).shape == (1, 384)
     with pytest.raises(ModelFolderError, match=r"model\.int8\.onnx: SHA-256 .* does not match"):

@@ -9,10 +9,10 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from bert_onnx import __version__, interface, machine
+from bert_onnx import __version__, choices, interface, machine
 from bert_onnx._files import atomic_write_text, install_dir, staging_dir
+from bert_onnx.choices import Choice
 from bert_onnx.errors import InvalidValueError
 from bert_onnx.export import variants as builders
 from bert_onnx.export.checkpoint import resolve_checkpoint
@@ -27,6 +27,7 @@ from bert_onnx.export.graph import (
     read_family,
     type_vocab_size,
 )
+from bert_onnx.export.sentence_transformers import read_layout
 from bert_onnx.export.tokenizer import convert_tokenizer
 from bert_onnx.export.validate import SHORT_ROWS, parity
 from bert_onnx.gates import References
@@ -61,36 +62,42 @@ def _check_target(output: Path, force: bool) -> None:
         )
 
 
-def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
-    """The variants to build, fp32 first (always: it is the reference and the source of the others)."""
+def check_variants(variants: Sequence[str] | str) -> tuple[str, ...]:
+    """The choices to build and gate, fp32 first (always: it is the reference and the source of the others), in
+    registry order; each must be able to have its gate measured on this machine."""
     if isinstance(variants, str):
         variants = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in interface.VARIANTS]
+    unknown = [v for v in variants if v not in choices.CHOICES]
     if unknown:
-        raise ExportError(
-            f"unknown variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(interface.VARIANTS)}"
-        )
-    chosen = ("fp32", *(v for v in interface.VARIANTS if v in variants and v != "fp32"))
-    if "fp16" in chosen:
-        import onnxruntime as ort
+        raise ExportError(f"unknown variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(choices.NAMES)}")
+    chosen = (choices.DEFAULT, *(name for name in choices.NAMES if name in variants and name != choices.DEFAULT))
+    for name in chosen[1:]:
+        reason = _cannot_gate_here(choices.get(name))
+        if reason:
+            raise ExportError(f"cannot check the {name} gate here: {reason}")
+    return chosen
 
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ExportError(
-                "the fp16 variant is for CUDA and its gate runs on CUDA, but this onnxruntime has no "
-                f"CUDAExecutionProvider (available: {', '.join(ort.get_available_providers())}); export fp16 on a "
-                "GPU machine with onnxruntime-gpu, or leave it out"
-            )
-    openvino = [v for v in chosen if v.startswith("openvino-")]
-    if openvino:
-        from bert_onnx.runtime.openvino_backend import check_precision, cpu_capabilities
+
+def _cannot_gate_here(choice: Choice) -> str | None:
+    """Why ``choice``'s gate cannot be measured on this machine (its backend or device is missing), if so."""
+    if choice.backend == choices.OPENVINO:
+        from bert_onnx.runtime.openvino_backend import BackendError, check_precision, cpu_capabilities
 
         try:
             cpu_capabilities()  # imports openvino
-            for name in openvino:
-                check_precision(name.removeprefix("openvino-"))
-        except RuntimeError as exc:  # BackendError: openvino missing, or no bf16 units for its gate
-            raise ExportError(f"cannot check the {', '.join(openvino)} gate(s) here: {exc}") from exc
-    return chosen
+            check_precision(choice.precision)
+        except BackendError as exc:  # openvino missing, or no bf16 units for its gate
+            return str(exc)
+    if "cpu" not in choice.devices:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return (
+                f"the {choice.name} variant is for CUDA and its gate runs on CUDA, but this onnxruntime has no "
+                f"CUDAExecutionProvider (available: {', '.join(ort.get_available_providers())}); export it on a "
+                "GPU machine with onnxruntime-gpu, or leave it out"
+            )
+    return None
 
 
 def export_model(
@@ -101,6 +108,7 @@ def export_model(
     revision: str | None = None,
     variants: Sequence[str] = ("fp32",),
     log: Callable[[str], None] = _log.info,
+    allow_unknown_modules: bool = False,
 ) -> Manifest:
     """Export ``model`` (hub id or checkpoint folder) to the folder ``output`` and return its manifest.
 
@@ -111,6 +119,10 @@ def export_model(
     ``variants`` adds faster graphs beside ``model.onnx`` ("opt", "int8", "fp16"; see
     :mod:`bert_onnx.export.variants`); each must pass its own gate or the export fails (:class:`VariantGateError`).
     Progress and the parity tables go to ``log`` (default: the ``bert_onnx.export.pipeline`` logger at INFO).
+
+    A sentence-transformers checkpoint's recipe (pooling, Dense layers, normalization, length, prompts) is read
+    and recorded as the folder's default (:mod:`bert_onnx.export.sentence_transformers`); what it cannot apply
+    fails the export (``LayoutError``), or with ``allow_unknown_modules`` is recorded as not understood.
     """
     output = Path(output)
     chosen = check_variants(variants)
@@ -143,6 +155,12 @@ def export_model(
     with staging_dir(output) as staged:
         step("converting the tokenizer")
         converted = convert_tokenizer(checkpoint.path, int(config.vocab_size), staged / interface.TOKENIZER_FILE)
+        layout = read_layout(
+            checkpoint.path, int(config.hidden_size), max_length, converted.model_max_length, allow_unknown_modules
+        )
+        recipe_files = layout.write(staged)
+        if layout.record.carried:
+            log(f"recipe: {layout.record.summary()}")
         atomic_write_text(staged / interface.CONFIG_FILE, config.to_json_string())
         step(f"exporting {num_layers} layers, hidden size {config.hidden_size}, opset {opset}")
         export_graph(pytorch_model, staged / interface.MODEL_FILE, opset=opset)
@@ -157,25 +175,32 @@ def export_model(
         versions = _versions()
         measured_on: dict[str, object] = machine.describe()
         measured_on.update({k: versions[k] for k in ("onnxruntime", "openvino") if k in versions})
-        fp32 = VariantRecord.from_parity(interface.MODEL_FILE, interface.VARIANT_DEVICES["fp32"], report)
-        records = {"fp32": dataclasses.replace(fp32, measured_on=measured_on)}
+        fp32 = VariantRecord.from_parity(interface.MODEL_FILE, choices.get(choices.DEFAULT).devices, report)
+        records = {choices.DEFAULT: dataclasses.replace(fp32, measured_on=measured_on)}
         runtime_tokenizer = Tokenizer.from_file(
             staged / interface.TOKENIZER_FILE, converted.pad_token_id, input_names=input_names
         )
+        texts, _ = split(builders.GATE_TEXTS)
+        embeddings = None
+        if any(choices.get(name).gate.kind == choices.EMBEDDINGS for name in chosen):
+            step(f"PyTorch's sentence embeddings of {len(texts)} real paragraphs, for the embeddings gate")
+            embeddings = builders.torch_sentence_embeddings(pytorch_model, texts, runtime_tokenizer, max_length)
+        rows = int(parity_batch["input_ids"].shape[0])
+        # Export gates every row of every output; gates.npz keeps a smaller selection (bert_onnx.gates).
+        gate_references = References.from_outputs(parity_batch, expected, rows, texts, embeddings)
         extra: dict[str, object] = {}
-        gate_store: dict[str, Any] = {}  # what variants add to gates.npz (int8: PyTorch's sentence embeddings)
         for name in chosen[1:]:
             step(f"building the {name} variant and checking its gate")
-            target = staged / interface.VARIANT_FILES[name]
+            choice = choices.get(name)
             build = builders.Build(
-                pytorch_model,
+                choice,
                 staged / interface.MODEL_FILE,
-                target,
-                converted.reference,
-                max_length,
+                staged / choice.file,
+                config,
                 log,
+                gate_references,
                 runtime_tokenizer,
-                references=gate_store,
+                max_length,
             )
             record, details = builders.MAKERS[name](build)
             record = dataclasses.replace(record, measured_on=measured_on)
@@ -185,8 +210,7 @@ def export_model(
             records[name] = record
             extra.update(details)
         step("storing the gates' PyTorch references for `bert-onnx verify` and `tune`")
-        texts, _ = split(builders.GATE_TEXTS)
-        References.from_outputs(parity_batch, expected, SHORT_ROWS, texts, gate_store.get("embeddings")).save(
+        References.from_outputs(parity_batch, expected, SHORT_ROWS, texts, embeddings).save(
             staged / interface.GATES_FILE
         )
         manifest = Manifest(
@@ -204,7 +228,12 @@ def export_model(
             outputs=interface.output_axes(num_layers, family.pooler),
             files={
                 name: sha256_file(staged / name)
-                for name in (*interface.CHECKSUMMED_FILES, interface.GATES_FILE, *(r.file for r in records.values()))
+                for name in (
+                    *interface.CHECKSUMMED_FILES,
+                    interface.GATES_FILE,
+                    *recipe_files,
+                    *(r.file for r in records.values()),
+                )
             },
             parity=report,
             notes=tuple(notes),
@@ -217,6 +246,7 @@ def export_model(
                 **extra,
             },
             variants=records,
+            recipe=layout.record,
         )
         manifest.write(staged)
         install_dir(staged, output, replace=force)

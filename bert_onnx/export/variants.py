@@ -1,4 +1,8 @@
-"""Building the fast variants of an exported fp32 graph, and the gate each must pass against PyTorch fp32.
+"""Building each choice's graph (:mod:`bert_onnx.choices`) from the exported fp32 graph, and measuring its gate.
+
+The gates are defined once, as data on each choice, and measured by :mod:`bert_onnx.gates` the same way here (on
+PyTorch's outputs of this export, every row) as in ``bert-onnx verify`` (on the stored selection of them). Each
+choice is opened for its gate by the backend that runs it (:mod:`bert_onnx.runtime.backends`).
 
 - ``opt``: ONNX Runtime's transformer fusions. EmbedLayerNormalization is left off: ``hidden_states.0`` is a graph
   output, and with that fusion the embedding would be computed twice (fused, and again for the output).
@@ -16,7 +20,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,21 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert_onnx import interface, machine
+from bert_onnx import choices, gates, machine
+from bert_onnx.choices import Choice
 from bert_onnx.export.errors import ExportError
-from bert_onnx.export.graph import family_of, graph_inputs, graph_outputs
-from bert_onnx.export.validate import compare, run_both, torch_outputs, validate_graph, validation_batch
-from bert_onnx.gates import (
-    FP16_MIN_TOKEN_COSINE,
-    INVARIANCE_TEXTS,
-    OPENVINO_BF16_MIN_TOKEN_COSINE,
-    cosine_checks,
-    int8_checks,
-    real_tokens,
-    sentence_embeddings,
-)
-from bert_onnx.manifest import ParityReport, VariantRecord
-from bert_onnx.runtime.session import create_session
+from bert_onnx.export.graph import family_of, graph_outputs
+from bert_onnx.gates import Forward, References, sentence_embeddings
+from bert_onnx.manifest import VariantRecord
+from bert_onnx.runtime import backends
 from bert_onnx.runtime.tokenizer import Tokenizer
 
 GATE_TEXTS = 1000  # real paragraphs for the int8 gate (stored in gates.npz for verify and tune)
@@ -94,11 +89,6 @@ def build_opt(fp32_path: Path, target: Path, config: Any) -> dict[str, int]:
     return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
 
 
-def gate_opt(model: Any, target: Path, tokenizer: Any, max_length: int) -> VariantRecord:
-    report = validate_graph(model, target, tokenizer, max_length)
-    return VariantRecord.from_parity(target.name, interface.VARIANT_DEVICES["opt"], report)
-
-
 # -- int8 --------------------------------------------------------------------------------------------------------
 
 
@@ -131,40 +121,28 @@ def int8_ladder(fp32_path: Path, down_projections: str, rungs: int = INT8_RUNGS)
     return [down[:count] for count in range(min(rungs, len(down)) + 1)]
 
 
-def build_int8_gated(build: Build) -> VariantRecord:
-    """Climb :func:`int8_ladder` until a quantized graph passes the gate; the last failure if none does."""
-    from bert_onnx.export.corpus import split
-
-    texts, _ = split(GATE_TEXTS)
-    model, max_length = build.model, build.max_length
+def torch_sentence_embeddings(model: Any, texts: Sequence[str], tokenizer: Tokenizer, max_length: int) -> np.ndarray:
+    """PyTorch fp32's mean-pooled normalized embeddings of ``texts``, batched as ``Encoder.embed`` batches: the
+    reference of the embeddings gate (stored in gates.npz, so verify and tune check int8 again)."""
 
     def torch_run(names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
             out = model(**{name: torch.from_numpy(value) for name, value in feeds.items()})
         return [np.asarray(out.last_hidden_state.numpy())]
 
-    reference = sentence_embeddings(texts, build.runtime_tokenizer, torch_run, max_length)
-    build.references["embeddings"] = reference  # stored in gates.npz: verify and tune check int8 again
+    return sentence_embeddings(texts, tokenizer, torch_run, max_length)
+
+
+def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    """Climb :func:`int8_ladder` until a quantized graph passes the gate; the last failure if none does."""
     unsigned = not machine.has_vnni()
     weights = "u8 weights (this CPU has no VNNI)" if unsigned else "s8 weights (VNNI)"
     record: VariantRecord | None = None
-    for float_nodes in int8_ladder(build.fp32_path, family_of(model.config).down_projections):
+    for float_nodes in int8_ladder(build.fp32_path, family_of(build.config).down_projections):
         build_int8(build.fp32_path, build.target, float_nodes, unsigned)
-        _check_outputs(build.target, model.config)
-        session = create_session(build.target, device="cpu")
-        checks = int8_checks(texts, reference, build.runtime_tokenizer, session.run, max_length)
+        _check_outputs(build.target, build.config)
         kept = f"{len(float_nodes)} FFN down-projection(s) kept in float: {', '.join(float_nodes) or 'none'}"
-        record = VariantRecord(
-            file=build.target.name,
-            devices=interface.VARIANT_DEVICES["int8"],
-            gate=(
-                f"mean-pooled normalized sentence embeddings of {len(texts)} real paragraphs (Python reference "
-                f"documentation, pydoc_data.topics), batched as Encoder.embed batches, against PyTorch fp32; batch "
-                f"invariance: {INVARIANCE_TEXTS} of them alone vs batched and beside a {max_length}-token text; "
-                f"per-token int8, {weights}, {kept}"
-            ),
-            checks=checks,
-        )
+        record = build.measure(f"per-token int8, {weights}, {kept}")
         build.log(
             f"int8 with {len(float_nodes)} float down-projection(s): "
             + ", ".join(f"{c.name} {c.value:.4g}" for c in record.checks)
@@ -172,7 +150,7 @@ def build_int8_gated(build: Build) -> VariantRecord:
         if record.passed:
             break
     assert record is not None
-    return record
+    return record, {"int8_weights": "u8" if unsigned else "s8"}
 
 
 # -- fp16 --------------------------------------------------------------------------------------------------------
@@ -211,97 +189,66 @@ def _drop_duplicate_nodes(model: Any) -> None:
         model.graph.node.extend(kept)
 
 
-def gate_fp16(model: Any, target: Path, tokenizer: Any, max_length: int) -> VariantRecord:
-    batch, description, expected, actual = run_both(model, target, tokenizer, max_length, device="cuda")
-    return VariantRecord(
-        file=target.name,
-        devices=interface.VARIANT_DEVICES["fp16"],
-        gate=f"per-token cosine to PyTorch fp32 on CUDA, non-padded positions ({description})",
-        checks=cosine_checks(
-            real_tokens(expected, batch["attention_mask"]),
-            real_tokens(actual, batch["attention_mask"]),
-            FP16_MIN_TOKEN_COSINE,
-        ),
-    )
-
-
-def gate_openvino(model: Any, fp32_path: Path, tokenizer: Any, max_length: int, precision: str) -> VariantRecord:
-    """OpenVINO compiling ``fp32_path`` at ``precision`` against PyTorch fp32: fp32 as the fp32 gate (max abs diff
-    <= 1e-4 per output), bf16 by per-token cosine >= 0.9999 on every output."""
-    from bert_onnx.runtime.openvino_backend import OpenVINOSession
-
-    batch, description = validation_batch(tokenizer, max_length, graph_inputs(model.config))
-    expected = torch_outputs(model, batch)
-    session = OpenVINOSession(fp32_path, precision)
-    names = list(expected)
-    actual = dict(zip(names, session.run(names, batch), strict=True))
-    name = interface.OPENVINO_VARIANTS[precision]
-    if precision == "fp32":
-        report = ParityReport(
-            batch_size=int(batch["input_ids"].shape[0]),
-            sequence_length=int(batch["input_ids"].shape[1]),
-            description=description,
-            outputs=compare(expected, actual, batch["attention_mask"]),
-        )
-        record = VariantRecord.from_parity(fp32_path.name, interface.VARIANT_DEVICES[name], report)
-        return dataclasses.replace(record, gate=f"OpenVINO fp32, {record.gate}")
-    return VariantRecord(
-        file=fp32_path.name,
-        devices=interface.VARIANT_DEVICES[name],
-        gate=f"OpenVINO bf16: per-token cosine to PyTorch fp32, non-padded positions ({description})",
-        checks=cosine_checks(
-            real_tokens(expected, batch["attention_mask"]),
-            real_tokens(actual, batch["attention_mask"]),
-            OPENVINO_BF16_MIN_TOKEN_COSINE,
-        ),
-    )
-
-
 # -- one entry point per variant ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Build:
-    """What every variant builder needs: the PyTorch model (the reference), the fp32 graph, where to write."""
+    """What a choice's builder needs: the fp32 graph, where to write its own file, and its gate, measured on what
+    it wrote against PyTorch's references of this export (the one gate definition verify uses too)."""
 
-    model: Any
+    choice: Choice
     fp32_path: Path
-    target: Path
-    tokenizer: Any  # the transformers tokenizer, for the parity batch
-    max_length: int
+    target: Path  # where the choice's own file goes (unused by choices without one)
+    config: Any  # the checkpoint's transformers config
     log: Callable[[str], None]
-    runtime_tokenizer: Tokenizer  # the folder's own tokenizer, for gates measured as Encoder.embed runs
-    references: dict[str, Any] = dataclasses.field(default_factory=dict)  # what gates.npz must add (int8)
+    references: References  # PyTorch fp32's outputs on the parity batch, every row, and on the gate's texts
+    tokenizer: Tokenizer  # the folder's own tokenizer: gates are measured as Encoder.embed runs
+    max_length: int
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    def forward(self) -> Forward:
+        """The choice, opened from what export wrote, by the backend that runs it (on CUDA if it is CUDA-only)."""
+        device = "cpu" if "cpu" in self.choice.devices else self.choice.devices[0]
+        path = self.target if self.choice.own_file else self.fp32_path
+        opening = backends.Opening(path, device, threads=None, io_binding=None, cache_dir=None, sha256=None)
+        return backends.backend_of(self.choice).open(self.choice, opening).run
+
+    def measure(self, details: str = "") -> VariantRecord:
+        """The choice's gate on what is written now."""
+        described = gates.describe(self.choice, self.references, self.max_length)
+        return VariantRecord(
+            file=self.choice.file,
+            devices=self.choice.devices,
+            gate=described + (f"; {details}" if details else ""),
+            checks=gates.measure(self.choice.gate, self.references, self.forward(), self.tokenizer, self.max_length),
+        )
 
 
 def make_opt(build: Build) -> tuple[VariantRecord, dict[str, object]]:
-    fused = build_opt(build.fp32_path, build.target, build.model.config)
-    record = gate_opt(build.model, build.target, build.tokenizer, build.max_length)
-    return record, {"opt_fused_operators": fused}
-
-
-def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
-    return build_int8_gated(build), {"int8_weights": "s8" if machine.has_vnni() else "u8"}
+    fused = build_opt(build.fp32_path, build.target, build.config)
+    return build.measure(), {"opt_fused_operators": fused}
 
 
 def make_fp16(build: Build) -> tuple[VariantRecord, dict[str, object]]:
-    build_fp16(build.fp32_path, build.target, build.model.config)
-    return gate_fp16(build.model, build.target, build.tokenizer, build.max_length), {}
+    build_fp16(build.fp32_path, build.target, build.config)
+    return build.measure(), {}
 
 
-def make_openvino_fp32(build: Build) -> tuple[VariantRecord, dict[str, object]]:
-    return gate_openvino(build.model, build.fp32_path, build.tokenizer, build.max_length, "fp32"), {}
+def gate_only(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    """A choice with no file of its own (a backend compiling ``model.onnx`` at a precision): only its gate."""
+    return build.measure(), {}
 
 
-def make_openvino_bf16(build: Build) -> tuple[VariantRecord, dict[str, object]]:
-    return gate_openvino(build.model, build.fp32_path, build.tokenizer, build.max_length, "bf16"), {}
-
-
-# Builds the variant at ``build.target`` and measures its gate; the caller decides what a failed gate means.
+# Builds the choice's file (if it has one) and measures its gate; the caller decides what a failed gate means.
 MAKERS: dict[str, Callable[[Build], tuple[VariantRecord, dict[str, object]]]] = {
     "opt": make_opt,
     "int8": make_int8,
     "fp16": make_fp16,
-    "openvino-fp32": make_openvino_fp32,
-    "openvino-bf16": make_openvino_bf16,
+    "openvino-fp32": gate_only,
+    "openvino-bf16": gate_only,
 }
+assert set(MAKERS) == set(choices.NAMES) - {choices.DEFAULT}, "every choice but fp32 has a maker"

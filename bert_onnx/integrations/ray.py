@@ -6,7 +6,7 @@
     ds = ray.data.read_parquet("corpus.parquet")
     ds = ds.map_batches(
         RayEmbedder,
-        fn_constructor_kwargs={"model_dir": "/shared/bert-onnx-model", "pooling": "mean"},
+        fn_constructor_kwargs={"model_dir": "/shared/bert-onnx-model"},  # its own recipe; or "pooling": "mean"...
         concurrency=4,          # actors
         num_cpus=2,             # CPUs per actor: ONNX Runtime gets exactly these threads
         batch_size=1024,        # rows per call: the actor sorts them by length and batches them itself
@@ -33,7 +33,7 @@ import numpy as np
 from bert_onnx.errors import IncompleteRunError, InvalidTypeError, InvalidValueError
 from bert_onnx.runtime.encoder import Encoder
 from bert_onnx.runtime.inputs import check_texts
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.recipe import Batching, EmbedRecipe, folder_recipe
 
 ERROR_COLUMN = "error"
 
@@ -69,9 +69,10 @@ class RayEmbedder:
 
     ``text_column`` is read; every input column is passed through; ``output_column`` (float32, ``(rows, dim)``)
     and ``error`` (None, or why the row has a NaN vector) are added. The embedding is ``recipe`` (an
-    :class:`EmbedRecipe`), or one built from its fields given as keywords (``pooling="mean"``, ...); with
-    ``truncation=False`` a text over ``max_length`` tokens is a bad row. ``threads`` defaults to the CPUs Ray
-    assigned to the actor.
+    :class:`EmbedRecipe`), or the folder's own recipe with the fields given as keywords in its place
+    (``pooling="mean"``, ``prompt_name="query"``, ...; none: the folder's recipe as it is); with
+    ``truncation=False`` a text over ``max_length`` tokens is a bad row. ``batching`` (or ``batch_size`` and
+    ``max_tokens`` as keywords) bounds each model call. ``threads`` defaults to the CPUs Ray assigned to the actor.
     """
 
     def __init__(
@@ -82,23 +83,28 @@ class RayEmbedder:
         recipe: EmbedRecipe | None = None,
         variant: str | None = None,
         threads: int | None = None,
+        batching: Batching | None = None,
         **fields: Any,
     ) -> None:
+        batch_fields = {k: fields.pop(k) for k in ("batch_size", "max_tokens") if k in fields}
+        if batching is not None and batch_fields:
+            raise InvalidTypeError(f"pass batching= or its fields ({', '.join(batch_fields)}), not both")
         if recipe is not None and fields:
             raise InvalidTypeError(f"pass recipe= or its fields ({', '.join(fields)}), not both")
-        self.recipe = EmbedRecipe(**fields) if recipe is None else recipe
+        self.batching = Batching(**batch_fields) if batching is None else batching
         # fp32 unless told: actors on different machines must not each follow their own tuned profile.
         self.encoder = Encoder(model_dir, threads=threads or _actor_cpus(), variant=variant or "fp32")
+        self.recipe = self.encoder.resolve_recipe(**fields) if recipe is None else recipe
         self.text_column, self.output_column = text_column, output_column
-        self.encoder.pooling_for(self.recipe)  # checks the layers (and the pooler) once, up front
-        self.dim = self.recipe.dim(self.encoder.hidden_size)
+        self.dim = self.encoder.dim(self.recipe)  # checks the recipe once, up front
         self.max_length = self.recipe.max_length or self.encoder.max_length
 
     def _too_long(self, texts: list[str]) -> list[str | None]:
         """With truncation off, why each text is too long (or None): such a row is reported, not embedded."""
         if self.recipe.truncation:
             return [None] * len(texts)
-        counts = self.encoder.tokenizer.token_counts(texts)
+        prompt = self.recipe.prompt or ""
+        counts = self.encoder.tokenizer.token_counts([prompt + text for text in texts])
         return [
             None if n <= self.max_length else f"text is {n} tokens long, over max_length={self.max_length}"
             for n in counts
@@ -118,7 +124,7 @@ class RayEmbedder:
         good = [i for i, e in enumerate(errors) if e is None]
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         if good:
-            vectors[good] = self.encoder.embed_recipe([texts[i] for i in good], self.recipe)
+            vectors[good] = self.encoder.embed_recipe([texts[i] for i in good], self.recipe, batching=self.batching)
         return {
             **batch,
             self.output_column: vectors,
@@ -217,6 +223,7 @@ def embed_to_parquet(
     recipe: EmbedRecipe | None = None,
     variant: str | None = None,
     progress: Any = None,
+    batching: Batching | None = None,
 ) -> dict[str, Any]:
     """Embed ``input_path`` on Ray into Parquet parts under ``output``; return a summary.
 
@@ -224,6 +231,7 @@ def embed_to_parquet(
     order into a :class:`bert_onnx.jobs.PartStore`: with ``resume``, a rerun checks the settings and parts and
     continues after the last finished part, so no row is written twice or lost. Bad rows (null, non-string or
     invalid text, or too long with truncation off) are kept with a NaN vector and a message, and listed.
+    ``recipe`` defaults to the folder's own; the fingerprint holds it, not ``batching``.
     """
     import pyarrow.parquet as pq
     import ray
@@ -231,14 +239,15 @@ def embed_to_parquet(
     from bert_onnx.jobs import PartStore, scan
     from bert_onnx.manifest import Manifest
 
-    recipe = EmbedRecipe() if recipe is None else recipe
+    manifest = Manifest.read(model_dir)
+    recipe = folder_recipe(manifest.recipe, str(model_dir)) if recipe is None else recipe
     table = read_input(input_path, text_column, id_column)
     settings = {
         "input": str(input_path.resolve()),
         "input_sha256": scan(input_path)[0],
         "rows": table.num_rows,
         "model": str(Path(model_dir).resolve()),
-        "model_files": Manifest.read(model_dir).files,
+        "model_files": manifest.files,  # every file, the tokenizer's and the recipe's weights among them
         "variant": variant,
         "text_column": text_column,
         "id_column": id_column,
@@ -264,6 +273,7 @@ def embed_to_parquet(
                 "text_column": text_column,
                 "recipe": recipe,
                 "variant": variant,
+                "batching": batching,
             },
             # Calls no bigger than a part, so parts are written as calls finish, not all at the end.
             batch_size=rows_per_call or min(1024, rows_per_part),

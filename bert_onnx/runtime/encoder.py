@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,20 +11,28 @@ from typing import Any
 
 import numpy as np
 
-from bert_onnx import interface, machine
+from bert_onnx import choices, interface, machine
+from bert_onnx._checks import check_choice
+from bert_onnx.choices import Choice
 from bert_onnx.errors import InvalidTypeError, InvalidValueError
 from bert_onnx.families import ModelFamily
 from bert_onnx.manifest import Manifest, ModelFolderError
-from bert_onnx.runtime import profile
+from bert_onnx.runtime import backends
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
-from bert_onnx.runtime.pooling import Pooling
-from bert_onnx.runtime.profile import choice_options
-from bert_onnx.runtime.recipe import EmbedRecipe
-from bert_onnx.runtime.runners import BACKENDS, OnnxRuntimeRunner, Runner, check_options
+from bert_onnx.runtime.pooling import POOLER, DenseLayer, Pooling
+from bert_onnx.runtime.recipe import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_TOKENS,
+    Batching,
+    EmbedRecipe,
+    folder_recipe,
+    recipe_for,
+)
+from bert_onnx.runtime.runners import OnnxRuntimeRunner, Runner
 from bert_onnx.runtime.session import DEVICES, default_cache_dir
-from bert_onnx.runtime.tokenizer import Padding, TokenizedBatch, Tokenizer
+from bert_onnx.runtime.tokenizer import Padding, TokenIds, TokenizedBatch, Tokenizer
 
 EMBED_WINDOW = 8192  # texts tokenized and length-sorted together by ``embed``
 
@@ -44,19 +53,6 @@ class EncoderOutput:
     last_hidden_state: np.ndarray
     pooler_output: np.ndarray | None
     hidden_states: tuple[np.ndarray, ...] | None
-
-
-def int8_clips_here(manifest: Manifest) -> str | None:
-    """Why a folder's int8 graph computes differently on this CPU than where its gate was measured, if it does:
-    signed int8 weights on a CPU without VNNI, whose kernels add products in saturating int16."""
-    if "int8" not in manifest.variants or manifest.extra.get("int8_weights", "s8") != "s8":
-        return None
-    if machine.has_vnni():
-        return None
-    return (
-        "its weights are signed (exported on a CPU with VNNI) and this CPU has no VNNI, so ONNX Runtime's int8 "
-        "kernels clip large products here; re-export on this machine for an int8 graph that is exact on it"
-    )
 
 
 class Encoder:
@@ -103,67 +99,40 @@ class Encoder:
     ) -> None:
         if not isinstance(session_cache, (bool, str, Path)):
             raise InvalidTypeError(f"session_cache={session_cache!r} must be True, False or a folder path")
-        if device not in DEVICES:
-            raise InvalidValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
-        if backend is not None and backend not in BACKENDS:
-            raise InvalidValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+        if io_binding is not None and not isinstance(io_binding, bool):
+            raise InvalidTypeError(f"io_binding={io_binding!r} must be True, False or None")
+        check_choice("device", device, tuple(DEVICES))
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
         self.manifest = Manifest.read(self.model_dir)
-        if variant is not None or precision is not None:
-            backend = backend or "onnxruntime"
-            self.picked_by = "asked for"
-        else:
-            wanted = backend
-            pick = profile.lookup(
-                self.manifest, device, threads, lambda name: wanted in (None, choice_options(name)["backend"])
-            )
-            options = choice_options(pick.name or ("openvino-fp32" if backend == "openvino" else "fp32"))
-            backend, variant, precision = options["backend"], options["variant"], options["precision"]
-            self.picked_by = pick.reason
-        assert backend is not None
-        variant = check_options(backend, device, variant, io_binding, precision)
-        self.backend = backend
-        self.threads = threads
-        self.variant = self._choose_variant(variant, device)
-        model_file = self.manifest.variants[self.variant].file
+        resolved = backends.resolve(self.manifest, device, threads, variant, backend, precision)
+        runs = backends.backend_of(resolved.choice)
+        runs.check_options(device, io_binding)
+        backends.check_runnable(self.manifest, self.model_dir, resolved, device)
+        self.choice_spec: Choice = resolved.choice
+        self.pick = resolved.pick
+        self.device, self.threads = device, threads
+        model_file = self.choice_spec.file
         if verify:
             self.manifest.verify_files(self.model_dir, [model_file, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
-        self.device = device
         self.tokenizer = Tokenizer.from_file(
             self.model_dir / interface.TOKENIZER_FILE,
             pad_token_id=self.manifest.pad_token_id,
             input_names=self.manifest.input_names,
         )
-        cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
         check_domains(self.model_dir / model_file)
-        self.precision: str | None = None
-        self.runner: Runner
-        if backend == "openvino":
-            from bert_onnx.runtime import openvino_backend
-
-            self.precision = precision or "fp32"
-            # The runner checks the precision (name, CPU support, what OpenVINO compiled) before the gate lookup.
-            self.runner = openvino_backend.OpenVINOSession(
-                self.model_dir / model_file, self.precision, threads, cache_dir
-            )
-            gate = interface.OPENVINO_VARIANTS[self.precision]
-            if gate not in self.manifest.variants and not self.picked_by.startswith(profile.TUNED):
-                warnings.warn(
-                    f"bert-onnx: OpenVINO {self.precision} was not validated for {self.model_dir} at export; "
-                    f"export with --variants fp32,{gate} to check it against PyTorch and record its gate",
-                    stacklevel=2,
-                )
-        else:
-            self.runner = OnnxRuntimeRunner(
-                self.model_dir / model_file,
-                device=device,
-                threads=threads,
-                io_binding=io_binding,
-                cache_dir=cache_dir if verify else None,
-                model_sha256=self.manifest.files[model_file],
-            )
+        cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
+        opening = backends.Opening(
+            self.model_dir / model_file,
+            device,
+            threads,
+            io_binding,
+            cache_dir if verify or self.choice_spec.backend != "onnxruntime" else None,
+            self.manifest.files[model_file],
+        )
+        self.runner: Runner = runs.open(self.choice_spec, opening)
+        backends.warn_unvouched(self.manifest, self.model_dir, resolved)
         self.io_binding = isinstance(self.runner, OnnxRuntimeRunner) and self.runner.io_binding
         manifest = self.manifest
         if self.runner.output_names != manifest.output_names or self.runner.input_names != manifest.input_names:
@@ -172,41 +141,37 @@ class Encoder:
                 f"{list(self.runner.output_names)} do not match {interface.MANIFEST_FILE}"
             )
 
-    def _choose_variant(self, variant: str | None, device: str) -> str:
-        stored = self.manifest.variants
-        clipped = int8_clips_here(self.manifest)
-        if variant is None:  # OpenVINO: it compiles model.onnx
-            return "fp32"
-        if variant in interface.OPENVINO_VARIANTS.values():
-            precision = variant.removeprefix("openvino-")
-            raise InvalidValueError(
-                f"variant={variant!r} is the gate of OpenVINO running model.onnx; "
-                f"use backend='openvino', precision={precision!r}"
-            )
-        if variant not in interface.VARIANTS:
-            raise InvalidValueError(f"variant={variant!r} is not one of {', '.join(interface.VARIANTS)}")
-        if variant not in stored:
-            raise InvalidValueError(
-                f"variant={variant!r} is not in {self.model_dir} (it has {', '.join(stored)}); "
-                f"export it with --variants {variant}"
-            )
-        if device not in stored[variant].devices:
-            raise InvalidValueError(
-                f"variant={variant!r} runs on {', '.join(stored[variant].devices)}, not device={device!r}"
-            )
-        if variant == "int8" and clipped:
-            warnings.warn(f"bert-onnx: int8's export gate does not hold here: {clipped}", stacklevel=3)
-        return variant
-
     @property
     def choice(self) -> str:
-        """What runs, as ``bert-onnx tune`` names it: "fp32", "opt", "int8", "fp16", "openvino-fp32" or
-        "openvino-bf16"."""
-        return profile.choice_of(self.backend, self.variant, self.precision)
+        """What runs, as the registry (:mod:`bert_onnx.choices`) and ``bert-onnx tune`` name it."""
+        return self.choice_spec.name
+
+    @property
+    def backend(self) -> str:
+        return self.choice_spec.backend
+
+    @property
+    def variant(self) -> str | None:
+        """The stored graph's name (``Encoder(variant=...)``); for a backend compiling ``model.onnx``, "fp32"."""
+        return self.choice_spec.variant or next(
+            (c.variant for c in choices.CHOICES.values() if c.variant and c.file == self.choice_spec.file), None
+        )
+
+    @property
+    def precision(self) -> str | None:
+        """The precision a compiling backend was asked for (``None`` under ONNX Runtime: the graph decides)."""
+        return None if self.choice_spec.backend == "onnxruntime" else self.choice_spec.precision
+
+    @property
+    def picked_by(self) -> str:
+        """Why this choice runs: "asked for", the tuned profile's pick, or the default and why."""
+        return self.pick.reason
 
     def describe(self) -> dict[str, Any]:
         """What runs here and why: the folder, device, backend, variant, precision, threads, the tuned-profile
-        decision (``picked_by``), and this CPU."""
+        decision (``picked_by``), the folder's recipe (what ``embed`` does by default, and where it came from) and
+        its prompts, and this CPU."""
+        record = self.manifest.recipe
         return {
             "model_dir": str(self.model_dir),
             "device": self.device,
@@ -216,6 +181,12 @@ class Encoder:
             "precision": self.precision,
             "threads": self.threads,
             "picked_by": self.picked_by,
+            "recipe": record.summary(),
+            "recipe_origin": record.origin if record.understood else f"{record.origin} (not understood)",
+            "default_recipe": self.default_recipe.to_dict() if record.understood else None,
+            "prompts": dict(record.prompts),
+            "default_prompt_name": record.default_prompt_name,
+            "similarity_fn_name": record.similarity_fn_name,
             **machine.describe(),
         }
 
@@ -227,16 +198,6 @@ class Encoder:
     def family(self) -> ModelFamily:
         """The model family (:mod:`bert_onnx.families`): its graph inputs, whether it has a pooler."""
         return self.manifest.model_family
-
-    def pooling_for(self, recipe: EmbedRecipe) -> Pooling:
-        """``recipe``'s pooling step for this model; refuses layers it does not have, and ``pooling="pooler"``
-        for a family without a pooler."""
-        if recipe.pooling == "pooler" and not self.family.pooler:
-            raise InvalidValueError(
-                f"pooling='pooler' reads pooler_output, and {self.family.model_type} models have no pooler "
-                f"({self.model_dir} has no pooler_output); use pooling='cls' or 'mean'"
-            )
-        return recipe.pooling_for(self.num_layers)
 
     @property
     def hidden_size(self) -> int:
@@ -334,56 +295,173 @@ class Encoder:
         batch = self.tokenizer(check_texts(texts), max_length=max_length, padding=padding, truncation=truncation)
         return self._output(batch, output_hidden_states)
 
+    # -- vectors ---------------------------------------------------------------------------------------------
+
+    @property
+    def default_recipe(self) -> EmbedRecipe:
+        """The recipe this folder carries (read from its sentence-transformers files at export), or
+        ``EmbedRecipe()`` when it has none; raises ``RecipeNotUnderstoodError`` when its recipe was not understood.
+        ``describe()["recipe"]`` and ``bert-onnx info`` say which and where it came from."""
+        return folder_recipe(self.manifest.recipe, str(self.model_dir))
+
+    def resolve_recipe(self, **given: Any) -> EmbedRecipe:
+        """:attr:`default_recipe` with each field of ``given`` that is not ``None`` in its place (``pooling``,
+        ``layers``, ``combine``, ``normalize``, ``max_length``, ``truncation``, ``prompt``, ``include_prompt``,
+        ``dimensions``), and ``prompt_name`` naming one of the folder's prompts (``describe()["prompts"]``)."""
+        return recipe_for(self.manifest.recipe, str(self.model_dir), **given)
+
+    @functools.cached_property
+    def _dense_layers(self) -> dict[str, DenseLayer]:
+        """The folder's Dense layers, loaded once from their verified weights file (empty if it has none)."""
+        records = self.manifest.recipe.dense
+        if not records:
+            return {}
+        name = interface.RECIPE_WEIGHTS_FILE
+        self.manifest.verify_files(self.model_dir, [name])
+        with np.load(self.model_dir / name, allow_pickle=False) as weights:
+            arrays = {key: np.asarray(weights[key], dtype=np.float32) for key in weights.files}
+        try:
+            return {
+                str(r["name"]): DenseLayer(
+                    name=str(r["name"]),
+                    weight=arrays[f"{r['name']}.weight"],
+                    bias=arrays.get(f"{r['name']}.bias"),
+                    activation=str(r["activation"]),
+                    use_residual=bool(r.get("use_residual", False)),
+                    residual=arrays.get(f"{r['name']}.residual"),
+                )
+                for r in records
+            }
+        except (KeyError, ValueError) as exc:
+            raise ModelFolderError(f"{self.model_dir / name}: does not hold the recipe's dense layers ({exc})") from exc
+
+    def prompt_length(self, prompt: str | None, max_length: int) -> int:
+        """How many tokens a ``prompt`` takes at the start of every text, as sentence-transformers counts them: the
+        prompt tokenized alone (cut to ``max_length``), less a closing special token ([SEP])."""
+        if not prompt:
+            return 0
+        ids = list(self.tokenizer.encodings([prompt], max_length)[0].ids)
+        special = {int(i) for i, token in self.tokenizer.backend.get_added_tokens_decoder().items() if token.special}
+        return len(ids) - (1 if ids and ids[-1] in special else 0)
+
+    def pooling_for(self, recipe: EmbedRecipe) -> Pooling:
+        """The vector step of ``recipe`` for this model: layers checked, dense layers loaded, the prompt's length
+        counted, ``dimensions`` checked against the vector's length; ``pooling="pooler"`` refused for a family
+        without a pooler."""
+        if not isinstance(recipe, EmbedRecipe):
+            raise InvalidTypeError(f"recipe={recipe!r} must be an EmbedRecipe")
+        if POOLER in recipe.modes and not self.family.pooler:
+            raise InvalidValueError(
+                f"pooling='pooler' reads pooler_output, and {self.family.model_type} models have no pooler "
+                f"({self.model_dir} has no pooler_output); use pooling='cls' or 'mean'"
+            )
+        layers = self._dense_layers
+        missing = [name for name in recipe.dense if name not in layers]
+        if missing:
+            have = ", ".join(layers) or "none"
+            raise InvalidValueError(f"dense layer(s) {', '.join(missing)} are not in {self.model_dir} (it has {have})")
+        prompt_length = (
+            0 if recipe.include_prompt else self.prompt_length(recipe.prompt, self._check_max_length(recipe.max_length))
+        )
+        pooling = Pooling.create(
+            recipe.modes,
+            recipe.layers,
+            recipe.combine,
+            recipe.normalize,
+            self.num_layers,
+            tuple(layers[name] for name in recipe.dense),
+            None,
+            prompt_length,
+        )
+        width = pooling.pooled_dim(self.hidden_size)
+        for layer in pooling.dense:
+            if layer.in_features != width:
+                raise InvalidValueError(
+                    f"dense layer {layer.name} takes vectors of {layer.in_features} values, but this recipe's "
+                    f"are {width} long here"
+                )
+            width = layer.out_features
+        if recipe.dimensions is not None and recipe.dimensions > width:
+            raise InvalidValueError(
+                f"dimensions={recipe.dimensions} must be in [1, {width}]: this recipe's vectors have {width} values"
+            )
+        return dataclasses.replace(pooling, dimensions=recipe.dimensions)
+
+    def dim(self, recipe: EmbedRecipe | None = None) -> int:
+        """Length of each vector of ``recipe`` (default: :attr:`default_recipe`)."""
+        return self.pooling_for(self.default_recipe if recipe is None else recipe).dim(self.hidden_size)
+
     def embed(
         self,
         texts: str | Sequence[str],
-        pooling: str = "cls",
+        pooling: str | Sequence[str] | None = None,
         layers: int | Sequence[int] | None = None,
-        combine: str = "concat",
-        normalize: bool = False,
-        batch_size: int = 32,
+        combine: str | None = None,
+        normalize: bool | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int | None = None,
-        truncation: bool = True,
+        truncation: bool | None = None,
         progress: Callable[[int], object] | None = None,
-        max_tokens: int = 8192,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        include_prompt: bool | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray:
         """One float32 vector per text, shape ``(len(texts), dim)``, in input order.
 
-        The keywords are an :class:`~bert_onnx.runtime.recipe.EmbedRecipe`'s fields: ``pooling`` "cls", "pooler"
-        (``pooler_output``) or "mean"; ``layers`` pools hidden states instead of ``last_hidden_state`` (e.g.
-        ``[-4, -3, -2, -1]``) and ``combine`` joins them, "concat" (dim = hidden * len(layers)) or "mean";
-        ``normalize`` scales each vector to unit length. See :meth:`embed_recipe`.
+        By default, the folder's own recipe (:attr:`default_recipe`: a sentence-transformers checkpoint's pooling,
+        Dense layers, normalization, length and default prompt; else [CLS], not normalized, the model's length).
+        Each keyword given replaces that field (an :class:`~bert_onnx.runtime.recipe.EmbedRecipe`'s): ``pooling``
+        "cls", "pooler", "mean", "max", "mean_sqrt_len_tokens", "weightedmean" or "lasttoken"; ``layers`` pools
+        hidden states instead of ``last_hidden_state`` (e.g. ``[-4, -3, -2, -1]``) and ``combine`` joins them,
+        "concat" (dim = hidden * len(layers)) or "mean"; ``normalize`` scales each vector to unit length;
+        ``prompt_name`` picks one of the folder's prompts (``prompt`` gives the text itself, ``""`` none);
+        ``dimensions`` keeps the first N values (then renormalized when the recipe normalizes). ``batch_size`` and
+        ``max_tokens`` bound a batch (:class:`~bert_onnx.runtime.recipe.Batching`). See :meth:`embed_recipe`.
         """
-        recipe = EmbedRecipe(
+        recipe = self.resolve_recipe(
             pooling=pooling,
-            layers=layers,  # type: ignore[arg-type]  # EmbedRecipe normalizes an int or a sequence to a tuple
+            layers=layers,
             combine=combine,
             normalize=normalize,
             max_length=max_length,
             truncation=truncation,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
+            prompt=prompt,
+            prompt_name=prompt_name,
+            include_prompt=include_prompt,
+            dimensions=dimensions,
         )
-        return self.embed_recipe(texts, recipe, progress)
+        return self.embed_recipe(texts, recipe, progress, batching=Batching(batch_size, max_tokens))
 
     def embed_recipe(
-        self, texts: str | Sequence[str], recipe: EmbedRecipe, progress: Callable[[int], object] | None = None
+        self,
+        texts: str | Sequence[str],
+        recipe: EmbedRecipe | None = None,
+        progress: Callable[[int], object] | None = None,
+        *,
+        batching: Batching | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` by ``recipe``: shape ``(len(texts), recipe.dim(hidden_size))``, in input order.
+        """Embed ``texts`` by ``recipe`` (default: :attr:`default_recipe`), exactly that recipe: shape
+        ``(len(texts), self.dim(recipe))``, in input order.
 
-        Texts are sorted by length into batches of at most ``recipe.batch_size`` texts and ``recipe.max_tokens``
-        padded tokens (:mod:`bert_onnx.runtime.batching`), each padded only to its own longest text, and only the
-        outputs the recipe needs are fetched. A text's vector does not depend on its batch. ``progress(n)`` is
-        called after each batch with the number of texts it finished.
+        Texts (the recipe's prompt prepended) are sorted by length into batches of at most ``batching.batch_size``
+        texts and ``batching.max_tokens`` padded tokens (:mod:`bert_onnx.runtime.batching`), each padded only to
+        its own longest text, and only the outputs the recipe needs are fetched. A text's vector does not depend on
+        its batch. ``progress(n)`` is called after each batch with the number of texts it finished.
         """
-        if not isinstance(recipe, EmbedRecipe):
-            raise InvalidTypeError(f"recipe={recipe!r} must be an EmbedRecipe")
+        recipe = self.default_recipe if recipe is None else recipe
+        batching = Batching() if batching is None else batching
+        if not isinstance(batching, Batching):
+            raise InvalidTypeError(f"batching={batching!r} must be a Batching")
         pooling = self.pooling_for(recipe)
         batch = check_texts(texts)
         max_length = self._check_max_length(recipe.max_length)
-        if recipe.max_tokens < max_length:
-            raise InvalidValueError(f"max_tokens={recipe.max_tokens!r} must be an int >= max_length ({max_length})")
-        result = np.empty((len(batch), recipe.dim(self.hidden_size)), dtype=np.float32)
+        batching.check_length(max_length)
+        if recipe.prompt is not None:
+            batch = [recipe.prompt + text for text in batch]
+        result = np.empty((len(batch), pooling.dim(self.hidden_size)), dtype=np.float32)
         # Tokenized a window at a time, so memory beyond ``result`` stays bounded whatever the number of texts.
         for offset in range(0, len(batch), EMBED_WINDOW):
             window = batch[offset : offset + EMBED_WINDOW]
@@ -392,8 +470,8 @@ class Encoder:
                 window,
                 max_length,
                 recipe.truncation,
-                recipe.batch_size,
-                recipe.max_tokens,
+                batching.batch_size,
+                batching.max_tokens,
                 first_index=offset,
             )
             for rows, tokens in batches:
@@ -402,3 +480,13 @@ class Encoder:
                 if progress is not None:
                     progress(len(rows))
         return result
+
+    # -- the batching interface (bert_onnx.serve.model.Model): run tokens a caller has already made -----------
+
+    def pad(self, tokens: Sequence[TokenIds]) -> TokenizedBatch:
+        """Right-pad tokenized texts (``[CLS]`` and ``[SEP]`` included) into one batch as wide as its longest."""
+        return self.tokenizer.pad(tokens, "longest", self.max_length)
+
+    def forward(self, batch: TokenizedBatch, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The graph outputs ``names`` for one padded batch, by name (only those are fetched)."""
+        return self._forward(batch, names)

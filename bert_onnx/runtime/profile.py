@@ -24,34 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import __version__, interface, machine
+from bert_onnx import __version__, choices, machine
 from bert_onnx._files import atomic_write_text
-from bert_onnx.errors import InvalidValueError
+from bert_onnx.choices import Choice
 from bert_onnx.manifest import Manifest
 
 PROFILE_ENV = "BERT_ONNX_PROFILE_DIR"
 PROFILE_FORMAT = "bert-onnx-profile"
 PROFILE_VERSION = 1
-ONNXRUNTIME_CHOICES = ("fp32", "opt", "int8", "fp16")  # the stored graphs, run by ONNX Runtime
-OPENVINO_CHOICES = tuple(interface.OPENVINO_VARIANTS.values())  # model.onnx compiled by OpenVINO
-CHOICES = (*ONNXRUNTIME_CHOICES, *OPENVINO_CHOICES)
-TUNED = "tuned here"  # how a Pick from this machine's profile begins its reason
 
 log = logging.getLogger(__name__)
-
-
-def choice_options(name: str) -> dict[str, str | None]:
-    """``Encoder`` keyword arguments that run choice ``name``."""
-    if name in OPENVINO_CHOICES:
-        return {"backend": "openvino", "variant": None, "precision": name.removeprefix("openvino-")}
-    if name in ONNXRUNTIME_CHOICES:
-        return {"backend": "onnxruntime", "variant": name, "precision": None}
-    raise InvalidValueError(f"choice {name!r} is not one of {', '.join(CHOICES)}")
-
-
-def choice_of(backend: str, variant: str, precision: str | None) -> str:
-    """The choice name of an ``Encoder``'s backend, variant and precision."""
-    return interface.OPENVINO_VARIANTS[precision or "fp32"] if backend == "openvino" else variant
 
 
 def default_profile_dir() -> Path:
@@ -122,10 +104,12 @@ def save_entry(manifest: Manifest, model_dir: Path, entry: Mapping[str, Any], pr
 
 @dataclass(frozen=True)
 class Pick:
-    """What ``Encoder`` runs when not told: a choice name (``None``: the default, fp32) and why, in words."""
+    """What ``Encoder`` runs and why: a choice name (``None``: the backend's default, fp32), the reason in words,
+    and whether this machine's tuned profile picked it."""
 
     name: str | None
     reason: str
+    tuned: bool = False
 
 
 def _differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
@@ -137,7 +121,7 @@ def lookup(
     manifest: Manifest,
     device: str,
     threads: int | None,
-    allowed: Callable[[str], bool] = lambda name: True,
+    allowed: Callable[[Choice], bool] = lambda choice: True,
     profile_dir: Path | None = None,
 ) -> Pick:
     """The fastest choice, among ``allowed`` ones, that passed its gate when this machine was tuned with these
@@ -165,8 +149,8 @@ def lookup(
         for c in entry.get("choices", [])
         if isinstance(c, dict)
         and c.get("passed")
-        and c.get("name") in CHOICES
-        and allowed(c["name"])
+        and c.get("name") in choices.CHOICES
+        and allowed(choices.CHOICES[c["name"]])
         and isinstance(c.get("texts_per_second"), (int, float))
     ]
     if not passed:
@@ -176,6 +160,7 @@ def lookup(
     best = max(passed, key=lambda c: c["texts_per_second"])
     return Pick(
         best["name"],
-        f"{TUNED} on {entry.get('created')}: the fastest choice that passed its gate here "
+        f"tuned here on {entry.get('created')}: the fastest choice that passed its gate here "
         f"({best['texts_per_second']:.1f} texts/s on real text)",
+        tuned=True,
     )

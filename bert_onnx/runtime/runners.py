@@ -2,7 +2,7 @@
 
 ``Encoder`` reads the manifest, picks and verifies a graph, and then only calls a :class:`Runner`: it never knows
 which backend runs it. ONNX Runtime's runner (plain or IO binding) lives here; OpenVINO's in
-:mod:`bert_onnx.runtime.openvino_backend`.
+:mod:`bert_onnx.runtime.openvino_backend`; each backend's option rules in :mod:`bert_onnx.runtime.backends`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bert_onnx.errors import InvalidTypeError, InvalidValueError
 from bert_onnx.runtime.session import create_session
-
-BACKENDS = ("onnxruntime", "openvino")
 
 
 class Runner(Protocol):
@@ -26,29 +23,6 @@ class Runner(Protocol):
     output_names: tuple[str, ...]
 
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
-
-
-def check_options(
-    backend: str, device: str, variant: str | None, io_binding: bool | None, precision: str | None
-) -> str | None:
-    """Refuse option combinations a backend does not have; return the variant to use (OpenVINO: fp32's graph)."""
-    if io_binding is not None and not isinstance(io_binding, bool):
-        raise InvalidTypeError(f"io_binding={io_binding!r} must be True, False or None")
-    if backend not in BACKENDS:
-        raise InvalidValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":
-        if precision is not None:
-            raise InvalidValueError(
-                "precision= applies to backend='openvino'; with ONNX Runtime pick a variant= instead"
-            )
-        return variant
-    if device != "cpu":
-        raise InvalidValueError(f"backend='openvino' runs on device='cpu', not {device!r}")
-    if variant not in (None, "fp32"):
-        raise InvalidValueError(f"backend='openvino' compiles the fp32 graph (model.onnx), not variant={variant!r}")
-    if io_binding:
-        raise InvalidValueError("io_binding is an ONNX Runtime feature; backend='openvino' does not use it")
-    return "fp32"
 
 
 class OnnxRuntimeRunner:

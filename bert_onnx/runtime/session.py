@@ -1,8 +1,10 @@
 """ONNX Runtime session setup: one place that picks the execution provider and proves it got it.
 
-ONNX Runtime rewrites a graph at every load (constant folding, fusions), which for bert-base takes seconds. With a
-``cache_dir`` the rewritten graph is saved once, keyed by the source file's SHA-256, the device and the ONNX Runtime
-version, and later loads start from it with the rewrites that are already done switched off.
+ONNX Runtime rewrites a graph at every load (constant folding, fusions). With a ``cache_dir`` the rewritten graph is
+saved once, keyed by the source file's SHA-256, the device and the ONNX Runtime version, and later loads start from
+it with the rewrites that are already done switched off. With ONNX Runtime 1.32 the rewriting is a small part of a
+load (bert-base: 0.40 s to create a session from ``model.onnx``, 0.35 s from the saved graph), so ``Encoder`` keeps
+the cache off unless asked.
 """
 
 from __future__ import annotations

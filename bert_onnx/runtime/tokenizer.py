@@ -8,7 +8,6 @@ that into our batches. Batches carry exactly the inputs the folder's graph takes
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +82,6 @@ class Tokenizer:
         self.pad_token_id = pad_token_id
         interface.input_axes(input_names)  # checks the names
         self.input_names = tuple(input_names)
-        self._truncating: dict[int, _Backend] = {}
-        self._lock = threading.Lock()
 
     @classmethod
     def from_file(
@@ -140,17 +137,20 @@ class Tokenizer:
             raise InvalidValueError(f"id {token_id} is outside the vocabulary [0, {self.vocab_size})")
         return str(token)
 
-    def _with_truncation(self, max_length: int) -> _Backend:
-        # One configured copy per max_length: enable_truncation mutates a tokenizer, and a shared one would make
-        # concurrent calls with different max_length race.
-        with self._lock:
-            backend = self._truncating.get(max_length)
-            if backend is None:
-                backend = _Backend.from_str(self._backend.to_str())
-                backend.no_padding()
-                backend.enable_truncation(max_length)
-                self._truncating[max_length] = backend
-            return backend
+    def _truncated(self, texts: list[str], max_length: int) -> list[Encoding]:
+        # What `enable_truncation(max_length)` does inside `tokenizers` (cut a text's tokens to leave room for the
+        # special tokens, then apply the template), on the one shared tokenizer: configuring a copy per max_length
+        # let any client grow a server's memory by ~6 MB per value it sent. Only the texts that are too long are
+        # tokenized again, so short texts cost what they did.
+        encodings = self._backend.encode_batch(texts)
+        long = [index for index, encoding in enumerate(encodings) if len(encoding.ids) > max_length]
+        if long:
+            room = max(0, max_length - self._backend.num_special_tokens_to_add(False))
+            bare = self._backend.encode_batch([texts[index] for index in long], add_special_tokens=False)
+            for index, encoding in zip(long, bare, strict=True):
+                encoding.truncate(room)
+                encodings[index] = self._backend.post_process(encoding)
+        return encodings
 
     def encodings(
         self, texts: Sequence[str], max_length: int, truncation: bool = True, first_index: int = 0
@@ -164,7 +164,7 @@ class Tokenizer:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise InvalidValueError(f"max_length={max_length!r} must be an int >= 2 (room for [CLS] and [SEP])")
         if truncation:
-            return list(self._with_truncation(max_length).encode_batch(list(texts)))
+            return self._truncated(list(texts), max_length)
         encodings = list(self._backend.encode_batch(list(texts)))
         for index, encoding in enumerate(encodings):
             if len(encoding.ids) > max_length:

@@ -1,8 +1,9 @@
 """The HTTP routes of ``bert-onnx serve`` (Starlette), over one :class:`~bert_onnx.serve.batcher.Batcher`.
 
-Every route reads and checks its body here (400/413/422 naming the problem, never a traceback), tokenizes on the
-event loop (or a thread pool for a large body), and awaits the batcher, which runs the model on its own thread.
-A client that disconnects while it waits has its texts dropped from the queue.
+Every route reads its body and checks it with :mod:`~bert_onnx.serve.schema` (400/413/422 naming the problem,
+never a traceback), tokenizes with :mod:`~bert_onnx.serve.tokens` on the event loop (or a thread pool for a large
+body), and awaits the batcher, which runs the model on its own thread. A client that disconnects while it waits
+has its texts dropped from the queue.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, TypeVar
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -27,24 +29,28 @@ from starlette.routing import Route
 from bert_onnx import __version__, interface, machine
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.encoder import Encoder
-from bert_onnx.runtime.recipe import EmbedRecipe
+from bert_onnx.runtime.recipe import EmbedRecipe, prompt_named
 from bert_onnx.runtime.tokenizer import TokenIds
 from bert_onnx.serve.batcher import Batcher, BatcherClosed, Kind, Outputs, QueueFull
 from bert_onnx.serve.metrics import Metrics
 from bert_onnx.serve.schema import (
-    ENCODING_FORMATS,
     Inputs,
     RequestError,
-    Tokens,
     array_payload,
     check_fields,
     encode_vector,
+    length_options,
+    openai_refused,
     optional,
+    parse_encoding_format,
     parse_input,
     parse_object,
+    recipe_echo,
+    recipe_fields,
     recipe_from,
 )
 from bert_onnx.serve.settings import ServeSettings
+from bert_onnx.serve.tokens import RouteTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,10 @@ class EmbeddingServer:
     """The application: ``server.app`` is the ASGI app; the batcher runs between its startup and shutdown.
 
     ``recipe`` (the command line's) serves ``/v1/embeddings`` and is the default of ``/embed``'s per-request
-    recipe. ``model_name`` is what ``/v1/embeddings`` answers when a request names no model (default: the folder's
-    name). Counts of accepted, answered and abandoned requests are logged at shutdown.
+    recipe (:data:`~bert_onnx.serve.schema.RECIPE_FIELDS` lists what a request may change). Token-id input is
+    refused unless ``settings.accept_token_ids``. ``model_name`` is what ``/v1/embeddings`` answers when a request
+    names no model (default: the folder's name). Counts of accepted, answered and abandoned requests are logged at
+    shutdown.
     """
 
     def __init__(
@@ -75,18 +83,18 @@ class EmbeddingServer:
         self.recipe = recipe
         self.settings = settings
         self.model_name = model_name or encoder.model_dir.resolve().name
-        self.pooling = encoder.pooling_for(recipe)
+        self.pooling = encoder.pooling_for(recipe)  # the layers exist in this model, the prompt, dense layers
         self.max_length = recipe.max_length or encoder.max_length
         if self.max_length > encoder.max_length:
             raise InvalidValueError(f"max_length={self.max_length} is over the model's {encoder.max_length}")
-        self.dim = recipe.dim(encoder.hidden_size)
-        self.tokens = Tokens(encoder.tokenizer, encoder.manifest.vocab_size)
+        self.dim = self.pooling.dim(encoder.hidden_size)
+        self.tokens = RouteTokenizer(encoder.tokenizer, encoder.manifest.vocab_size)
         self.batcher: Batcher | None = None
         self.metrics = Metrics(lambda: self.batcher.in_flight if self.batcher is not None else 0)
         self.metrics.model.info(
             {
                 "folder": str(encoder.model_dir),
-                "variant": encoder.variant,
+                "variant": encoder.variant or "",
                 "backend": encoder.backend,
                 "precision": encoder.precision or "",
             }
@@ -110,16 +118,7 @@ class EmbeddingServer:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.batcher = Batcher(
-            self.encoder,
-            max_batch_size=self.settings.max_batch_size,
-            max_batch_tokens=self.settings.max_batch_tokens,
-            max_wait_ms=self.settings.max_wait_ms,
-            max_queue=self.settings.max_queue,
-            max_padding=self.settings.max_padding,
-            on_batch=self.metrics.batch,
-            on_drop=self.metrics.drop,
-        )
+        self.batcher = Batcher(self.encoder, self.settings, on_batch=self.metrics.batch, on_drop=self.metrics.drop)
         try:
             yield
         finally:
@@ -238,67 +237,76 @@ class EmbeddingServer:
     async def _embeddings(self, request: Request) -> Response:
         """``POST /v1/embeddings``, OpenAI's embeddings API over the command line's recipe."""
         data = await self._body(request)
-        check_fields(
-            data,
-            ("input", "model", "encoding_format", "user"),
-            "POST /v1/embeddings",
-            hints={
-                "dimensions": f"this server's vectors have {self.dim} dimensions, set by its recipe "
-                "(--pooling, --layers, --combine); use POST /embed for another recipe",
-            },
-        )
+        fields = ("input", "model", "encoding_format", "user", "prompt_name", *recipe_fields(openai=True))
+        check_fields(data, fields, "POST /v1/embeddings", hints=openai_refused(self.dim))
         model = optional(data, "model", str, self.model_name, "a string")
-        encoding_format = self._encoding_format(data)
+        encoding_format = parse_encoding_format(data)
         optional(data, "user", str, None, "a string")
-        inputs = parse_input(data, self.settings.max_inputs, allow_ids=True, allow_empty_text=False)
-        hint = "this server runs with --no-truncation"
-        tokens = await self._tokenize_inputs(inputs, self.max_length, self.recipe.truncation, hint)
-        vectors = await self._run(request, tokens, self.pooling)
-        usage = sum(len(t.ids) for t in tokens)
+        inputs = self._input(data, allow_empty_text=False)
+        recipe = self._prompt_named(
+            data, recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length, openai=True)
+        )
+        hint = "this server's recipe has truncation off"
+        vectors, usage = await self._vectors(request, inputs, recipe, hint)
         return await _json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"object": "embedding", "index": index, "embedding": encode_vector(vector, encoding_format)}
-                    for index, vector in enumerate(vectors)
-                ],
-                "model": model,
-                "usage": {"prompt_tokens": usage, "total_tokens": usage},
-            },
+            {"object": "list", "data": _embeddings(vectors, encoding_format), "model": model, "usage": usage},
             vectors.size,
         )
 
     async def _embed(self, request: Request) -> Response:
         """``POST /embed``: like ``/v1/embeddings``, with a recipe of the request's own."""
         data = await self._body(request)
-        recipe_fields = ("pooling", "layers", "combine", "normalize", "max_length", "truncation")
-        check_fields(data, ("input", "encoding_format", *recipe_fields), "POST /embed")
-        encoding_format = self._encoding_format(data)
-        inputs = parse_input(data, self.settings.max_inputs, allow_ids=True, allow_empty_text=True)
-        recipe = recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length)
-        try:
-            pooling = self.encoder.pooling_for(recipe)  # this model's layers, and its pooler if the recipe reads it
-        except InvalidValueError as exc:
-            raise RequestError(422, str(exc), "pooling") from None
-        max_length = recipe.max_length or self.encoder.max_length
+        check_fields(data, ("input", "encoding_format", "prompt_name", *recipe_fields(openai=False)), "POST /embed")
+        encoding_format = parse_encoding_format(data)
+        inputs = self._input(data, allow_empty_text=True)
+        recipe = self._prompt_named(
+            data, recipe_from(data, self.recipe, self.encoder.num_layers, self.encoder.max_length)
+        )
         hint = 'send "truncation": true to cut it' if not recipe.truncation else ""
-        tokens = await self._tokenize_inputs(inputs, max_length, recipe.truncation, hint)
-        vectors = await self._run(request, tokens, pooling)
-        usage = sum(len(t.ids) for t in tokens)
-        recipe_out = {k: v for k, v in recipe.to_dict().items() if k in recipe_fields}
+        vectors, usage = await self._vectors(request, inputs, recipe, hint)
         return await _json_response(
             {
                 "object": "list",
-                "data": [
-                    {"object": "embedding", "index": index, "embedding": encode_vector(vector, encoding_format)}
-                    for index, vector in enumerate(vectors)
-                ],
+                "data": _embeddings(vectors, encoding_format),
                 "dim": int(vectors.shape[1]),
-                "recipe": recipe_out,
-                "usage": {"prompt_tokens": usage, "total_tokens": usage},
+                "recipe": recipe_echo(recipe),
+                "usage": usage,
             },
             vectors.size,
         )
+
+    async def _vectors(
+        self, request: Request, inputs: Inputs, recipe: EmbedRecipe, hint: str
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        """``inputs`` embedded by ``recipe``, and the request's usage (tokens run, [CLS] and [SEP] included)."""
+        try:  # the request's layers, dimensions and prompt against this model
+            pooling = self.pooling if recipe == self.recipe else self.encoder.pooling_for(recipe)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(422, str(exc), "dimensions" if "dimensions" in str(exc) else None) from None
+        max_length = recipe.max_length or self.encoder.max_length
+        tokens = await self._tokenize_inputs(self._prompted(inputs, recipe), max_length, recipe.truncation, hint)
+        vectors = await self._run(request, tokens, pooling)
+        return vectors, _usage(sum(len(t.ids) for t in tokens))
+
+    def _prompt_named(self, data: dict[str, Any], recipe: EmbedRecipe) -> EmbedRecipe:
+        """``recipe`` with the request's ``prompt_name`` (one of the folder's prompts) in place of its prompt."""
+        name = optional(data, "prompt_name", str, None, "a string")
+        if name is None:
+            return recipe
+        try:
+            return recipe.replace(prompt=prompt_named(self.encoder.manifest.recipe, name))
+        except (TypeError, ValueError) as exc:
+            raise RequestError(422, str(exc), "prompt_name") from None
+
+    def _prompted(self, inputs: Inputs, recipe: EmbedRecipe) -> Inputs:
+        """The texts with the recipe's prompt before each (token ids cannot take one: 422)."""
+        if recipe.prompt is None:
+            return inputs
+        if inputs.texts is None:
+            raise RequestError(
+                422, f"this recipe puts the prompt {recipe.prompt!r} before each text; send texts, not token ids"
+            )
+        return Inputs(texts=[recipe.prompt + text for text in inputs.texts])
 
     async def _encode(self, request: Request) -> Response:
         """``POST /encode``: chosen graph outputs per token for a few texts, as float32 base64 with shapes."""
@@ -313,7 +321,7 @@ class EmbeddingServer:
                 raise RequestError(422, f"outputs: {name!r:.60} is not one of {', '.join(known)}", "outputs")
         max_length, truncation = self._length_options(data)
         settings = self.settings
-        inputs = parse_input(data, settings.max_encode_inputs, allow_ids=True, allow_empty_text=True)
+        inputs = self._input(data, allow_empty_text=True, max_inputs=settings.max_encode_inputs)
         hint = 'send "truncation": true to cut it' if not truncation else ""
         tokens = await self._tokenize_inputs(inputs, max_length, truncation, hint)
         per_token = sum(name != interface.POOLER_OUTPUT for name in names)
@@ -326,7 +334,6 @@ class EmbeddingServer:
                 "input",
             )
         rows = await self._run(request, tokens, Outputs(tuple(dict.fromkeys(names))))
-        usage = sum(len(t.ids) for t in tokens)
         return await _json_response(
             {
                 "object": "list",
@@ -338,7 +345,7 @@ class EmbeddingServer:
                     }
                     for index, (t, row) in enumerate(zip(tokens, rows, strict=True))
                 ],
-                "usage": {"prompt_tokens": usage, "total_tokens": usage},
+                "usage": _usage(sum(len(t.ids) for t in tokens)),
             },
             floats,
         )
@@ -349,23 +356,18 @@ class EmbeddingServer:
         check_fields(data, ("input", "add_special_tokens", "max_length", "truncation"), "POST /tokenize")
         special = optional(data, "add_special_tokens", bool, True, "true or false")
         max_length, truncation = self._length_options(data)
-        inputs = parse_input(data, self.settings.max_inputs, allow_ids=False, allow_empty_text=True)
+        inputs = parse_input(data, self.settings.max_inputs, allow_empty_text=True)
         texts = inputs.texts or []
         if special:
             hint = 'send "truncation": true to cut it' if not truncation else ""
             found = await self._tokenize_inputs(inputs, max_length, truncation, hint)
             ids = [list(t.ids) for t in found]
         else:
-            backend = self.encoder.tokenizer.backend
-            encoded = await _maybe_offload(
-                sum(map(len, texts)) > OFFLOAD_BYTES, backend.encode_batch, texts, add_special_tokens=False
-            )
-            ids = [list(e.ids) for e in encoded]
-        convert = self.encoder.tokenizer.convert_ids_to_tokens
+            ids = await _maybe_offload(sum(map(len, texts)) > OFFLOAD_BYTES, self.tokens.bare_ids, texts)
         return await _json_response(
             {
-                "data": [{"index": i, "ids": row, "tokens": convert(row)} for i, row in enumerate(ids)],
-                "usage": {"prompt_tokens": sum(map(len, ids)), "total_tokens": sum(map(len, ids))},
+                "data": [{"index": i, "ids": row, "tokens": self.tokens.tokens_of(row)} for i, row in enumerate(ids)],
+                "usage": _usage(sum(map(len, ids))),
             },
             sum(map(len, ids)),
         )
@@ -394,6 +396,8 @@ class EmbeddingServer:
                 "max_length": enc.max_length,
                 "dim": self.dim,
                 "recipe": self.recipe.to_dict(),
+                "recipe_source": enc.manifest.recipe.summary(),  # the folder's own recipe, where it came from
+                "token_ids": "accepted" if self.settings.accept_token_ids else "refused",
                 "settings": settings,
                 "machine": machine.describe(),
                 "versions": versions,
@@ -407,20 +411,30 @@ class EmbeddingServer:
 
     # -- small checks ---------------------------------------------------------------------------------------------
 
-    def _encoding_format(self, data: dict[str, Any]) -> str:
-        value = optional(data, "encoding_format", str, "float", "float or base64")
-        if value not in ENCODING_FORMATS:
-            raise RequestError(422, f"encoding_format={value!r:.40} is not one of float, base64", "encoding_format")
-        return str(value)
+    def _input(self, data: dict[str, Any], allow_empty_text: bool, max_inputs: int | None = None) -> Inputs:
+        """The request's ``input`` on a route that embeds or encodes: token ids only if the server accepts them."""
+        return parse_input(
+            data,
+            self.settings.max_inputs if max_inputs is None else max_inputs,
+            allow_empty_text,
+            ids=True,
+            accept_ids=self.settings.accept_token_ids,
+        )
 
     def _length_options(self, data: dict[str, Any]) -> tuple[int, bool]:
         """``max_length`` (2..the model's, default the server recipe's) and ``truncation`` (default the recipe's)."""
-        limit = self.encoder.max_length
-        max_length = optional(data, "max_length", int, self.max_length, f"an integer in [2, {limit}]")
-        if not 2 <= max_length <= limit:
-            raise RequestError(422, f"max_length={max_length} is not in [2, {limit}]", "max_length")
-        truncation = optional(data, "truncation", bool, self.recipe.truncation, "true or false")
-        return max_length, truncation
+        return length_options(data, self.max_length, self.recipe.truncation, self.encoder.max_length)
+
+
+def _embeddings(vectors: np.ndarray, encoding_format: str) -> list[dict[str, Any]]:
+    return [
+        {"object": "embedding", "index": index, "embedding": encode_vector(vector, encoding_format)}
+        for index, vector in enumerate(vectors)
+    ]
+
+
+def _usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
 async def _disconnected(request: Request) -> None:

@@ -1,4 +1,4 @@
-"""``Batcher``: one worker thread that owns an ``Encoder`` and runs every request's texts in shared batches.
+"""``Batcher``: one worker thread that owns a model and runs every request's texts in shared batches.
 
 Concurrent requests hand their tokenized texts to :meth:`Batcher.submit`; the worker takes everything waiting,
 groups it with :func:`~bert_onnx.runtime.batching.length_sorted_batches` (the one batching function, the same
@@ -6,7 +6,8 @@ groups it with :func:`~bert_onnx.runtime.batching.length_sorted_batches` (the on
 request's recipe, and hands every request its rows, in order, as soon as its last row is done. Because a text's
 outputs do not depend on its batch (docs/guarantees.md), a response equals ``Encoder.embed`` of its texts alone.
 
-Nothing here knows about HTTP: the server wraps it, and a test drives it directly. Inference runs on the worker
+Nothing here knows about HTTP: the server wraps it, and a test drives it directly. It sees the model only through
+:class:`~bert_onnx.serve.model.Model` (pad, forward), which ``Encoder`` implements. Inference runs on the worker
 thread, off the event loop (ONNX Runtime releases the GIL while it runs).
 """
 
@@ -24,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from bert_onnx import interface
-from bert_onnx.errors import BertOnnxError, InvalidValueError
+from bert_onnx.errors import BertOnnxError, InvalidTypeError, InvalidValueError
 from bert_onnx.runtime.batching import length_sorted_batches
-from bert_onnx.runtime.encoder import Encoder
 from bert_onnx.runtime.pooling import Pooling
 from bert_onnx.runtime.tokenizer import TokenIds
+from bert_onnx.serve.model import Model
+from bert_onnx.serve.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +42,13 @@ class QueueFull(BertOnnxError):
     def __init__(self, waiting: int, requested: int, max_queue: int, retry_after: int) -> None:
         super().__init__(
             f"the server is busy: {waiting} texts in flight, this request adds {requested}, the limit is "
-            f"{max_queue} (--max-queue); retry after {retry_after} s"
+            f"{max_queue} (max_queue); retry after {retry_after} s"
         )
         self.retry_after = retry_after
 
 
 class BatcherClosed(BertOnnxError, RuntimeError):
     """The batcher is shutting down and takes no new work."""
-
-
-@dataclass(frozen=True)
-class Ids:
-    """One text's model input built from token ids (not a ``tokenizers.Encoding``): [CLS] ids [SEP]."""
-
-    ids: tuple[int, ...]
-    type_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -73,8 +67,9 @@ Kind = Pooling | Outputs
 
 @dataclass(eq=False)
 class Job:
-    """One request's texts. ``result`` is ``(n, dim)`` float32 for a pooling job, a list of ``{name: array}`` for
-    an :class:`Outputs` job; ``future`` resolves on the submitting event loop when every row is done."""
+    """One request's texts. ``result`` is ``(n, dim)`` float32 for a pooling job (allocated when its first rows
+    are pooled, so ``dim`` is whatever the pooling gives), a list of ``{name: array}`` for an :class:`Outputs`
+    job; ``future`` resolves on the submitting event loop when every row is done."""
 
     kind: Kind
     size: int
@@ -101,14 +96,14 @@ BatchObserver = Callable[[int, int, int, float], None]
 
 
 class Batcher:
-    """Runs ``encoder`` on one worker thread over batches merged from concurrent :meth:`submit` calls.
+    """Runs ``model`` on one worker thread over batches merged from concurrent :meth:`submit` calls.
 
-    ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens bound a batch (a longer text runs alone).
-    ``max_padding`` closes a batch before its padding passes that fraction of its real tokens (see
-    :func:`~bert_onnx.runtime.batching.length_sorted_batches`): the texts in flight at one moment are few, and
-    batches of mixed lengths would spend most of their time on padding. ``max_queue`` bounds the texts in flight
-    (waiting or running): a request that would pass it raises :class:`QueueFull`, unless nothing is in flight (so
-    a request larger than the limit is not refused forever).
+    ``settings`` (checked when it was built) bound a batch by ``max_batch_size`` rows and ``max_batch_tokens``
+    padded tokens (a longer text runs alone). ``max_padding`` closes a batch before its padding passes that fraction
+    of its real tokens (see :func:`~bert_onnx.runtime.batching.length_sorted_batches`): the texts in flight at one
+    moment are few, and batches of mixed lengths would spend most of their time on padding. ``max_queue`` bounds the
+    texts in flight (waiting or running): a request that would pass it raises :class:`QueueFull`, unless nothing is
+    in flight (so a request larger than the limit is not refused forever).
     ``max_wait_ms``: after a round of batches, how long the worker may wait for the requests those batches
     answered to come back before it starts a round with fewer (see :meth:`_gather`); a lone caller never waits.
     ``on_batch(texts, padded tokens, real tokens, seconds)`` and ``on_drop(texts)`` report to metrics; they run on
@@ -117,33 +112,21 @@ class Batcher:
 
     def __init__(
         self,
-        encoder: Encoder,
-        max_batch_size: int = 32,
-        max_batch_tokens: int = 8192,
-        max_wait_ms: float = 2.0,
-        max_queue: int = 4096,
-        max_padding: float | None = 0.25,
+        model: Model,
+        settings: BatchSettings | None = None,
         on_batch: BatchObserver | None = None,
         on_drop: Callable[[int], None] | None = None,
         start: bool = True,
     ) -> None:
-        for name, value in (
-            ("max_batch_size", max_batch_size),
-            ("max_batch_tokens", max_batch_tokens),
-            ("max_queue", max_queue),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidValueError(f"{name}={value!r} must be a positive int")
-        if max_padding is not None and (not isinstance(max_padding, int | float) or max_padding < 0):
-            raise InvalidValueError(f"max_padding={max_padding!r} must be a fraction >= 0 or None")
-        if not isinstance(max_wait_ms, int | float) or isinstance(max_wait_ms, bool) or not 0 <= max_wait_ms <= 1000:
-            raise InvalidValueError(f"max_wait_ms={max_wait_ms!r} must be a number of milliseconds in [0, 1000]")
-        self.encoder = encoder
-        self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
-        self.max_wait = max_wait_ms / 1000
-        self.max_queue = max_queue
-        self.max_padding = max_padding
+        settings = BatchSettings() if settings is None else settings
+        if not isinstance(settings, BatchSettings):
+            raise InvalidTypeError(f"settings={settings!r} must be a BatchSettings (a ServeSettings is one)")
+        self.model = model
+        self.max_batch_size = settings.max_batch_size
+        self.max_batch_tokens = settings.max_batch_tokens
+        self.max_wait = settings.max_wait_ms / 1000
+        self.max_queue = settings.max_queue
+        self.max_padding = settings.max_padding
         self._on_batch = on_batch
         self._on_drop = on_drop
         self._cond = threading.Condition()
@@ -174,20 +157,17 @@ class Batcher:
     def submit(self, tokens: Sequence[TokenIds], kind: Kind) -> Job:
         """Queue one request's tokenized texts; await ``job.future`` for its result. Call on the event loop.
 
-        Raises :class:`QueueFull` when the queue is full and :class:`BatcherClosed` after :meth:`close`.
+        Raises :class:`QueueFull` when the queue is full, :class:`BatcherClosed` after :meth:`close`, and
+        ``InvalidValueError`` for no texts.
         """
         loop = asyncio.get_running_loop()
         size = len(tokens)
+        if size == 0:
+            raise InvalidValueError("submit at least one text's tokens")
         lengths = [len(t.ids) for t in tokens]
-        if isinstance(kind, Pooling):
-            result: Any = np.empty((size, self._dim(kind)), dtype=np.float32)
-        else:
-            result = [None] * size
+        result: Any = None if isinstance(kind, Pooling) else [None] * size
         total = sum(lengths)
         job = Job(kind, size, total, loop.create_future(), loop, result, size, total)
-        if size == 0:
-            job.future.set_result(result)
-            return job
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the server is shutting down")
@@ -230,10 +210,6 @@ class Batcher:
         if self._thread.ident is None:  # never started: run what was submitted, then stop
             self._thread.start()
         self._thread.join()
-
-    def _dim(self, pooling: Pooling) -> int:
-        layers = 1 if pooling.layers is None or pooling.combine == "mean" else len(pooling.layers)
-        return self.encoder.hidden_size * layers
 
     # -- the worker thread ------------------------------------------------------------------------------------
 
@@ -285,12 +261,12 @@ class Batcher:
     def _run(self, group: list[_Item]) -> None:
         started = time.perf_counter()
         try:
-            batch = self.encoder.tokenizer.pad([item.tokens for item in group], "longest", self.encoder.max_length)
+            batch = self.model.pad([item.tokens for item in group])
             kinds: dict[Kind, list[int]] = {}
             for index, item in enumerate(group):
                 kinds.setdefault(item.job.kind, []).append(index)
             fetch = list(dict.fromkeys(name for kind in kinds for name in kind.fetch))
-            outputs = dict(zip(fetch, self.encoder.runner.run(fetch, batch.feeds()), strict=True))
+            outputs = self.model.forward(batch, fetch)
             for kind, indices in kinds.items():
                 if isinstance(kind, Pooling):
                     self._pool(kind, indices, group, outputs, batch.attention_mask)
@@ -322,6 +298,8 @@ class Batcher:
             vectors = pooling({name: outputs[name][indices] for name in pooling.fetch}, mask[indices])
         for vector, index in zip(vectors, indices, strict=True):
             item = group[index]
+            if item.job.result is None:  # the job's first rows: now its vectors' length is known
+                item.job.result = np.empty((item.job.size, vectors.shape[1]), dtype=np.float32)
             item.job.result[item.row] = vector
 
     def _finish(self, group: list[_Item], error: Exception | None) -> None:

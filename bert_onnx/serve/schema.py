@@ -8,19 +8,28 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bert_onnx.errors import BertOnnxError
+from bert_onnx._checks import check_int
+from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.runtime.inputs import check_texts
 from bert_onnx.runtime.recipe import EmbedRecipe
-from bert_onnx.runtime.tokenizer import TextTooLongError, TokenIds, Tokenizer
-from bert_onnx.serve.batcher import Ids
 
 ENCODING_FORMATS = ("float", "base64")
+
+# Three things a client sending token ids needs to know (issue: LangChain's OpenAIEmbeddings posts tiktoken's ids by
+# default, and every id below the vocabulary size would pass as one of this model's WordPiece tokens).
+TOKEN_IDS_REFUSED = (
+    "input holds token ids, and this server tokenizes text itself: ids from another tokenizer (such as the tiktoken "
+    "ids LangChain's OpenAIEmbeddings sends by default) would give wrong vectors. Send the texts as strings instead "
+    "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)), or, if these ids come from this model's "
+    "own tokenizer (POST /tokenize returns them), start the server with --accept-token-ids "
+    "(ServeSettings(accept_token_ids=True) in Python)"
+)
 
 
 class RequestError(BertOnnxError):
@@ -104,8 +113,16 @@ class Inputs:
         return len(self.texts if self.texts is not None else self.ids or [])
 
 
-def parse_input(data: dict[str, Any], max_inputs: int, allow_ids: bool, allow_empty_text: bool) -> Inputs:
-    """``input``: a string, a list of strings, or (``allow_ids``) a list of ids or a list of id lists.
+def _looks_like_ids(value: list[Any]) -> bool:
+    """A list of ints, or a list whose first item is a list: what a client sends as token ids."""
+    return isinstance(value[0], list) or all(type(x) is int for x in value)
+
+
+def parse_input(
+    data: dict[str, Any], max_inputs: int, allow_empty_text: bool, ids: bool = False, accept_ids: bool = False
+) -> Inputs:
+    """``input``: a string or a list of strings; on a route that takes token ids (``ids``), also a list of ids or a
+    list of id lists, refused (422, :data:`TOKEN_IDS_REFUSED`) unless the server ``accept_ids``.
 
     Empty input (a missing field, ``[]``, and, where ``allow_empty_text`` is off as in OpenAI's API, ``""``) is
     refused with 422; more than ``max_inputs`` items with 413.
@@ -113,7 +130,8 @@ def parse_input(data: dict[str, Any], max_inputs: int, allow_ids: bool, allow_em
     if "input" not in data or data["input"] is None:
         raise RequestError(422, "input is required: a string or a list of strings", param="input")
     value = data["input"]
-    kinds = "a string, a list of strings" + (", a list of token ids or a list of token-id lists" if allow_ids else "")
+    takes_ids = ids and accept_ids
+    kinds = "a string, a list of strings" + (", a list of token ids or a list of token-id lists" if takes_ids else "")
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
@@ -122,102 +140,135 @@ def parse_input(data: dict[str, Any], max_inputs: int, allow_ids: bool, allow_em
         raise RequestError(422, "input is an empty list; send at least one text", param="input")
     if len(value) > max_inputs:
         raise RequestError(413, f"input has {len(value)} items, over the limit of {max_inputs} per request", "input")
-    if allow_ids and all(type(x) is int for x in value):
+    if ids and not accept_ids and _looks_like_ids(value):
+        raise RequestError(422, TOKEN_IDS_REFUSED, param="input")
+    if takes_ids and all(type(x) is int for x in value):
         value = [value]  # one sequence of token ids
     first = value[0]
     if isinstance(first, str):
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise RequestError(422, f"input[{index}] is {_json_type(item)}; input mixes texts and other values")
-            if not item and not allow_empty_text:
-                raise RequestError(422, f"input[{index}] is an empty string; send text to embed", param="input")
-        try:
-            texts = check_texts(value)
-        except (TypeError, ValueError) as exc:  # lone surrogates: "\ud800" is valid JSON but not Unicode text
-            raise RequestError(422, f"input: {exc}", param="input") from None
-        return Inputs(texts=texts)
-    if allow_ids and isinstance(first, list):
-        for index, item in enumerate(value):
-            if not isinstance(item, list) or not all(type(x) is int for x in item):
-                raise RequestError(
-                    422, f"input[{index}] is not a list of integer token ids; input mixes kinds of items", "input"
-                )
-            if not item:
-                raise RequestError(422, f"input[{index}] is an empty list of token ids", param="input")
-        return Inputs(ids=value)
+        return Inputs(texts=_texts(value, allow_empty_text))
+    if takes_ids and isinstance(first, list):
+        return Inputs(ids=_id_lists(value))
     raise RequestError(422, f"input must be {kinds}; input[0] is {_json_type(first)}", param="input")
 
 
-class Tokens:
-    """Turns checked :class:`Inputs` into model inputs under a ``max_length`` and truncation rule."""
-
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
-        self.tokenizer = tokenizer
-        self.vocab_size = vocab_size
-        special = tokenizer.backend.encode("")  # [CLS] [SEP]: how the tokenizer wraps a text
-        self.cls, self.sep = special.ids[0], special.ids[-1]
-
-    def __call__(self, inputs: Inputs, max_length: int, truncation: bool, max_tokens: int, hint: str) -> list[TokenIds]:
-        """Model inputs, [CLS] and [SEP] included; 422 for a text over ``max_length`` tokens without truncation
-        (its message ends with ``hint``) or an id outside the vocabulary; 413 when the request holds more than
-        ``max_tokens`` tokens."""
-        tokens: list[TokenIds]
-        if inputs.texts is not None:
-            try:
-                tokens = list(self.tokenizer.encodings(inputs.texts, max_length, truncation))
-            except TextTooLongError as exc:
-                raise RequestError(
-                    422,
-                    f"input[{exc.index}] is {exc.length} tokens long, over max_length={exc.max_length}; {hint}",
-                    param="input",
-                ) from None
-        else:
-            tokens = [self._wrap(i, ids, max_length, truncation, hint) for i, ids in enumerate(inputs.ids or [])]
-        total = sum(len(t.ids) for t in tokens)
-        if total > max_tokens:
-            raise RequestError(413, f"input has {total} tokens, over the limit of {max_tokens} per request", "input")
-        return tokens
-
-    def _wrap(self, index: int, ids: list[int], max_length: int, truncation: bool, hint: str) -> Ids:
-        low, high = min(ids), max(ids)
-        if low < 0 or high >= self.vocab_size:
-            bad = low if low < 0 else high
-            raise RequestError(
-                422,
-                f"input[{index}][{ids.index(bad)}] = {bad} is outside the vocabulary [0, {self.vocab_size})",
-                param="input",
-            )
-        if len(ids) + 2 > max_length:
-            if not truncation:
-                raise RequestError(
-                    422,
-                    f"input[{index}] is {len(ids) + 2} tokens long with [CLS] and [SEP], over "
-                    f"max_length={max_length}; {hint}",
-                    param="input",
-                )
-            ids = ids[: max_length - 2]  # as the tokenizer truncates a text: the final [SEP] stays
-        full = (self.cls, *ids, self.sep)
-        return Ids(full, (0,) * len(full))
-
-
-def recipe_from(data: dict[str, Any], base: EmbedRecipe, num_layers: int, model_max_length: int) -> EmbedRecipe:
-    """The server's recipe with this request's ``pooling``, ``layers``, ``combine``, ``normalize``, ``max_length``
-    and ``truncation``, validated by :class:`EmbedRecipe` against this model (422 naming the bad field)."""
-    names = ("pooling", "combine", "normalize", "max_length", "truncation")
-    changes: dict[str, Any] = {name: data[name] for name in names if name in data}
-    max_length = changes.get("max_length")
-    if type(max_length) is int and max_length > model_max_length:
-        raise RequestError(422, f"max_length={max_length} is over the model's {model_max_length}", "max_length")
-    if "layers" in data:
-        layers = data["layers"]
-        changes["layers"] = tuple(layers) if isinstance(layers, list) else layers
+def _texts(value: list[Any], allow_empty_text: bool) -> list[str]:
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise RequestError(422, f"input[{index}] is {_json_type(item)}; input mixes texts and other values")
+        if not item and not allow_empty_text:
+            raise RequestError(422, f"input[{index}] is an empty string; send text to embed", param="input")
     try:
-        fields: dict[str, Any] = {**base.to_dict(), "layers": base.layers, **changes}
-        recipe = EmbedRecipe(**fields)
-        recipe.pooling_for(num_layers)
+        return check_texts(value)
+    except (TypeError, ValueError) as exc:  # lone surrogates: "\ud800" is valid JSON but not Unicode text
+        raise RequestError(422, f"input: {exc}", param="input") from None
+
+
+def _id_lists(value: list[Any]) -> list[list[int]]:
+    for index, item in enumerate(value):
+        if not isinstance(item, list) or not all(type(x) is int for x in item):
+            raise RequestError(
+                422, f"input[{index}] is not a list of integer token ids; input mixes kinds of items", "input"
+            )
+        if not item:
+            raise RequestError(422, f"input[{index}] is an empty list of token ids", param="input")
+    return value
+
+
+def check_max_length(value: object, limit: int) -> int:
+    """A request's ``max_length``: an int from 2 (room for [CLS] and [SEP]) to the model's ``limit`` (422)."""
+    try:
+        return check_int("max_length", value, 2, limit, hint=f"{limit} is this model's limit")
+    except InvalidValueError as exc:
+        raise RequestError(422, str(exc), param="max_length") from None
+
+
+def length_options(data: dict[str, Any], max_length: int, truncation: bool, limit: int) -> tuple[int, bool]:
+    """``max_length`` and ``truncation`` of a route that tokenizes without a recipe (``/encode``, ``/tokenize``);
+    the arguments are the defaults (the server recipe's) and the model's limit."""
+    value = data.get("max_length")
+    chosen = max_length if value is None else check_max_length(value, limit)
+    return chosen, optional(data, "truncation", bool, truncation, "true or false")
+
+
+# -- the per-request recipe -------------------------------------------------------------------------------------
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class RecipeField:
+    """An :class:`~bert_onnx.runtime.recipe.EmbedRecipe` field a request may set, under the same name.
+
+    ``openai``: ``POST /v1/embeddings`` takes it too (OpenAI's API has a field of that name and meaning), besides
+    ``POST /embed``, which takes every one. ``convert`` turns the JSON value into the recipe's (a list into a
+    tuple); the recipe then checks it, and its error becomes a 422.
+    """
+
+    name: str
+    openai: bool = False
+    convert: Callable[[Any], Any] = _same
+
+
+# The one list of recipe fields a request may set: a route's accepted fields, the recipe it builds and the recipe
+# /embed echoes all come from it. A new per-request field is one entry here (plus the recipe's own field).
+RECIPE_FIELDS: tuple[RecipeField, ...] = (
+    RecipeField("pooling"),
+    RecipeField("layers", convert=_tuple),
+    RecipeField("combine"),
+    RecipeField("normalize"),
+    RecipeField("max_length"),
+    RecipeField("truncation"),
+    RecipeField("dimensions", openai=True),  # OpenAI's Matryoshka cut; renormalized when the recipe normalizes
+)
+
+# OpenAI fields /v1/embeddings refuses with a reason, while no RecipeField takes them ({dim}: the server's).
+OPENAI_REFUSED: dict[str, str] = {}
+
+
+def recipe_fields(openai: bool) -> tuple[str, ...]:
+    """The recipe fields ``/v1/embeddings`` (``openai``) or ``/embed`` takes."""
+    return tuple(f.name for f in RECIPE_FIELDS if f.openai or not openai)
+
+
+def openai_refused(dim: int) -> dict[str, str]:
+    """Why ``/v1/embeddings`` refuses each OpenAI field it does not take, for :func:`check_fields`' hints."""
+    taken = recipe_fields(openai=True)
+    return {name: why.format(dim=dim) for name, why in OPENAI_REFUSED.items() if name not in taken}
+
+
+def recipe_from(
+    data: dict[str, Any], base: EmbedRecipe, num_layers: int, model_max_length: int, openai: bool = False
+) -> EmbedRecipe:
+    """The server's recipe with the recipe fields this request sets (those :func:`recipe_fields` names for the
+    route), validated by :class:`EmbedRecipe` against this model (422 naming the bad field)."""
+    changes = {f.name: f.convert(data[f.name]) for f in RECIPE_FIELDS if f.name in data and (f.openai or not openai)}
+    if changes.get("max_length") is not None:
+        changes["max_length"] = check_max_length(changes["max_length"], model_max_length)
+    try:
+        recipe = base.replace(**changes)
     except (TypeError, ValueError) as exc:
         raise RequestError(422, str(exc)) from None
     return recipe
+
+
+def recipe_echo(recipe: EmbedRecipe) -> dict[str, Any]:
+    """The recipe fields a request may set, as ``/embed`` answers them."""
+    names = recipe_fields(openai=False)
+    return {name: value for name, value in recipe.to_dict().items() if name in names}
+
+
+def parse_encoding_format(data: dict[str, Any]) -> str:
+    value = optional(data, "encoding_format", str, "float", "float or base64")
+    if value not in ENCODING_FORMATS:
+        raise RequestError(422, f"encoding_format={value!r:.40} is not one of float, base64", "encoding_format")
+    return str(value)
 
 
 def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:

@@ -26,11 +26,12 @@ BACKLOG = 2048
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (0: a free port); ``ValueError`` naming the address if not."""
+    """A listening TCP socket on ``host``:``port`` (0: a free port); ``InvalidValueError`` naming the address if
+    not."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise InvalidValueError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+        raise InvalidValueError(f"host={host!r}: cannot resolve it ({exc.strerror})") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:

@@ -1,21 +1,54 @@
-"""``ServeSettings``: where the server listens, how it batches, and the limits that protect it, validated once."""
+"""``ServeSettings``: where the server listens, how it batches, and the limits that protect it.
+
+Each value is checked here, once, where it enters (the command line builds a ``ServeSettings`` too, and reads its
+defaults from these fields); the batcher and the routes take the checked object and check nothing again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bert_onnx._checks import check_bool, check_float, check_int
 from bert_onnx.errors import InvalidValueError
 
 
 @dataclass(frozen=True)
-class ServeSettings:
-    """Listening address, batching and limits of ``bert-onnx serve``.
+class BatchSettings:
+    """How :class:`~bert_onnx.serve.batcher.Batcher` forms batches and how much work it lets in flight.
 
-    ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens bound one batch; ``max_wait_ms`` is how long the
-    worker may wait for more requests to merge, ``max_padding`` the padding a batch may hold as a fraction of its
-    real tokens (see :class:`~bert_onnx.serve.batcher.Batcher`); ``max_queue``
-    texts may be in flight before new requests get 429. ``api_key``, when set, is required as
-    ``Authorization: Bearer KEY`` on every route but ``/health`` (never shown in a repr or a log).
+    ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens bound one batch (a longer text runs alone);
+    ``max_padding`` closes a batch before its padding passes that fraction of its real tokens (``None``: no bound);
+    ``max_wait_ms`` (0 to 1,000) is how long the worker may wait for returning clients to fill a round;
+    ``max_queue`` texts may be in flight (waiting or running) before a new request is refused.
+    """
+
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_wait_ms: float = 2.0
+    max_queue: int = 4096
+    max_padding: float | None = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_batch_tokens", "max_queue"):
+            self._set(name, check_int(name, getattr(self, name), low=1))
+        self._set("max_wait_ms", check_float("max_wait_ms", self.max_wait_ms, 0, 1000, hint="milliseconds"))
+        if self.max_padding is not None:
+            padding = check_float("max_padding", self.max_padding, low=0, hint="a fraction of real tokens, or None")
+            self._set("max_padding", padding)
+
+    def _set(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # frozen: store the checked, normalized value
+
+
+@dataclass(frozen=True)
+class ServeSettings(BatchSettings):
+    """Listening address, batching (:class:`BatchSettings`' fields) and limits of ``bert-onnx serve``.
+
+    ``api_key``, when set, is required as ``Authorization: Bearer KEY`` on every route but ``/health`` (never
+    shown in a repr or a log). ``accept_token_ids``: take token-id arrays as ``input`` (off by default: this
+    server tokenizes text itself, and ids from another tokenizer, such as the tiktoken ids LangChain's
+    ``OpenAIEmbeddings`` sends by default, would silently give wrong vectors); turn it on only for clients that
+    send ids from this model's own tokenizer (``POST /tokenize``).
 
     Per request: at most ``max_body_bytes`` of body, ``max_inputs`` texts and ``max_request_tokens`` tokens (413
     beyond); ``/encode`` at most ``max_encode_inputs`` texts and ``max_encode_bytes`` of float32 output.
@@ -24,12 +57,8 @@ class ServeSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    max_wait_ms: float = 2.0
-    max_queue: int = 4096
-    max_padding: float | None = 0.25
     api_key: str | None = field(default=None, repr=False)
+    accept_token_ids: bool = False
     max_body_bytes: int = 16 << 20
     max_inputs: int = 2048
     max_request_tokens: int = 300_000
@@ -37,28 +66,12 @@ class ServeSettings:
     max_encode_bytes: int = 32 << 20
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.host, str) or not self.host:
             raise InvalidValueError(f"host={self.host!r} must be a host name or address")
-        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
-            raise InvalidValueError(f"port={self.port!r} must be an int in [0, 65535] (0: any free port)")
-        for name in (
-            "max_batch_size",
-            "max_batch_tokens",
-            "max_queue",
-            "max_body_bytes",
-            "max_inputs",
-            "max_request_tokens",
-            "max_encode_inputs",
-            "max_encode_bytes",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidValueError(f"{name}={value!r} must be a positive int")
-        wait = self.max_wait_ms
-        if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 1000:
-            raise InvalidValueError(f"max_wait_ms={wait!r} must be a number of milliseconds in [0, 1000]")
-        padding = self.max_padding
-        if padding is not None and (not isinstance(padding, int | float) or isinstance(padding, bool) or padding < 0):
-            raise InvalidValueError(f"max_padding={padding!r} must be a fraction >= 0 or None")
+        self._set("port", check_int("port", self.port, 0, 65535, hint="0: any free port"))
+        for name in ("max_body_bytes", "max_inputs", "max_request_tokens", "max_encode_inputs", "max_encode_bytes"):
+            self._set(name, check_int(name, getattr(self, name), low=1))
+        self._set("accept_token_ids", check_bool("accept_token_ids", self.accept_token_ids))
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
             raise InvalidValueError("api_key must be a non-empty string or None")
