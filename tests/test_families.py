@@ -474,3 +474,27 @@ def test_verify_and_tune_a_family_other_than_bert(family_dir: Callable[[str], Pa
     outcomes, path, pick = tuning.tune(folder, rounds=1, sample=8, profile_dir=tmp_path)
     assert pick.name in _variants() and path.is_file()
     assert all(outcome.passed for outcome in outcomes if outcome.name in _variants())
+
+
+def test_albert_s_shared_layer_is_int8_at_every_call_and_stored_once(family_dir: Callable[[str], Path]) -> None:
+    """ALBERT runs one layer's weights once per layer; the export reads them through an Identity after the first
+    call. int8 must quantize every call (not only the first), keep one int8 copy, and take each call's
+    down-projection as a rung of its ladder."""
+    import onnx
+
+    from bert_onnx.export.int8 import quantize_per_row
+
+    folder = family_dir("albert")
+    manifest = Manifest.read(folder)
+    assert "0 FFN down-projection(s) kept in float" in manifest.variants["int8"].gate
+    graph = onnx.load(str(folder / "model.int8.onnx")).graph
+    layers = manifest.num_layers
+    ops = [node.op_type for node in graph.node]
+    # per layer: query/key/value as one, the attention output, the FFN in and out; plus the embedding projection
+    assert ops.count("MatMulIntegerToFloat") == 1 + 4 * layers
+    assert ops.count("MatMul") == 2 * layers, "only the attention's activation x activation products stay float"
+    assert len([i for i in graph.initializer if i.name.endswith("/weight")]) == 1 + 4
+    fp32 = onnx.load(str(folder / interface.MODEL_FILE))
+    down = int8_ladder(folder / interface.MODEL_FILE, manifest.model_family.down_projections, rungs=layers)[-1]
+    kept = quantize_per_row(fp32, down)
+    assert [node.op_type for node in kept.graph.node].count("MatMul") == 3 * layers
