@@ -31,11 +31,6 @@ TOKEN_TYPE_IDS = "token_type_ids"
 #   rotary         rotary embeddings, with local (windowed) and global attention layers (ModernBERT)
 POSITIONS = ("absolute", "after_padding", "relative", "rotary")
 
-_NO_FUSIONS = (
-    "ONNX Runtime's transformer fusions are written for BERT's attention; they do not apply to this family's "
-    "graph (measured: {measured})"
-)
-
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -65,6 +60,9 @@ class ModelFamily:
         if self.positions not in POSITIONS:
             raise InvalidValueError(f"positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
         object.__setattr__(self, "not_offered", MappingProxyType(dict(self.not_offered)))
+        fused = [name for name in ("opt", "fp16") if name not in self.not_offered]
+        if self.fusion is None and fused:  # both are built by ONNX Runtime's fusions
+            raise InvalidValueError(f"{self.model_type}: fusion=None, so not_offered must list {', '.join(fused)}")
 
     def graph_inputs(self, type_vocab_size: int) -> tuple[str, ...]:
         """The graph's input names, in graph order, for a checkpoint with ``type_vocab_size`` segment types."""

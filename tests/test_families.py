@@ -498,3 +498,14 @@ def test_albert_s_shared_layer_is_int8_at_every_call_and_stored_once(family_dir:
     down = int8_ladder(folder / interface.MODEL_FILE, manifest.model_family.down_projections, rungs=layers)[-1]
     kept = quantize_per_row(fp32, down)
     assert [node.op_type for node in kept.graph.node].count("MatMul") == 3 * layers
+
+
+@pytest.mark.fast
+def test_a_family_without_fusions_must_say_opt_and_fp16_are_not_offered() -> None:
+    import dataclasses
+
+    with pytest.raises(InvalidValueError, match="fusion=None, so not_offered must list opt, fp16"):
+        dataclasses.replace(families.BERT, fusion=None)
+    bare = dataclasses.replace(families.BERT, fusion=None, not_offered={"opt": "no fusions", "fp16": "no fusions"})
+    with pytest.raises(InvalidValueError, match=r"opt are not offered for bert models \(opt: no fusions\)"):
+        bare.check_variants(("fp32", "opt"))
