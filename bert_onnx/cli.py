@@ -17,6 +17,7 @@ from typing import Any
 
 from bert_onnx import __version__, choices
 from bert_onnx.errors import BertOnnxError, InvalidValueError
+from bert_onnx.families import FAMILIES
 from bert_onnx.runtime.pooling import COMBINES, POOLINGS, Pooling
 from bert_onnx.runtime.recipe import Batching, EmbedRecipe
 
@@ -256,6 +257,7 @@ def format_info(model_dir: Path, verify: bool) -> str:
         ("source", manifest.source),
         ("revision", manifest.revision or "-"),
         ("created", manifest.created or "-"),
+        ("family", f"{manifest.family} ({'with' if manifest.model_family.pooler else 'no'} pooler)"),
         ("layers", str(manifest.num_layers)),
         ("hidden size", str(manifest.hidden_size)),
         ("vocab size", str(manifest.vocab_size)),
@@ -266,6 +268,7 @@ def format_info(model_dir: Path, verify: bool) -> str:
         ("inputs", ", ".join(f"{n} {_axes(a)}" for n, a in manifest.inputs.items())),
         ("outputs", f"{len(manifest.outputs)}: " + ", ".join(manifest.outputs)),
         ("variants", ", ".join(manifest.variants)),
+        *((f"  not offered: {name}", reason) for name, reason in manifest.model_family.not_offered.items()),
         ("recipe", manifest.recipe.summary()),
         *_prompt_rows(manifest.recipe),
         ("runs here", _picked_here(manifest)),
@@ -538,9 +541,12 @@ def add_serve_command(commands: Any) -> None:
 def _add_export_command(commands: Any) -> None:
     export = commands.add_parser(
         "export",
-        help="export a BERT checkpoint to a verified ONNX model folder",
-        description="Export MODEL with last_hidden_state, pooler_output and hidden_states.0..N, validate every "
-        "output against PyTorch (max abs diff <= 1e-4, else exit 1 and write nothing), and write DIR atomically.",
+        help="export a BERT-family checkpoint to a verified ONNX model folder",
+        description="Export MODEL (model_type "
+        + ", ".join(FAMILIES)
+        + ") with last_hidden_state, pooler_output where the family has a pooler, and hidden_states.0..N, validate "
+        "every output against PyTorch (max abs diff <= 1e-4, else exit 1 and write nothing), and write DIR "
+        "atomically.",
     )
     export.add_argument(
         "model",
@@ -657,7 +663,7 @@ def _add_verify_and_tune_commands(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bert-onnx",
-        description="Export BERT to ONNX with every hidden state, and run it without PyTorch.",
+        description="Export BERT and its relatives to ONNX with every hidden state, and run them without PyTorch.",
     )
     parser.add_argument("--version", action="version", version=f"bert-onnx {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

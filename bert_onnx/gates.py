@@ -188,7 +188,7 @@ class References:
         """Keep the :func:`selection` of each of PyTorch's full outputs on ``batch``."""
         mask = batch["attention_mask"]
         return cls(
-            batch={name: np.asarray(batch[name], dtype=np.int64) for name in interface.INPUT_NAMES},
+            batch={name: np.asarray(batch[name], dtype=np.int64) for name in interface.INPUT_NAMES if name in batch},
             short_rows=short_rows,
             outputs={
                 name: selection(name, value, mask, short_rows).astype(np.float32) for name, value in outputs.items()
@@ -237,7 +237,7 @@ class References:
         offsets, data_bytes = arrays["text_offsets"], arrays["text_bytes"].tobytes()
         texts = tuple(data_bytes[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist()))
         return cls(
-            batch={name: arrays[f"batch/{name}"] for name in interface.INPUT_NAMES},
+            batch={name: arrays[f"batch/{name}"] for name in interface.INPUT_NAMES if f"batch/{name}" in arrays},
             short_rows=int(arrays["short_rows"]),
             outputs={key.removeprefix("output/"): value for key, value in arrays.items() if key.startswith("output/")},
             texts=texts,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import choices, interface
+from bert_onnx import choices, families, interface
 from bert_onnx._files import atomic_write_text
 from bert_onnx.errors import BertOnnxError
 
@@ -243,8 +243,15 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, VariantRecord] = field(default_factory=dict)
     recipe: RecipeRecord = field(default_factory=RecipeRecord)  # folders from before it: no recipe
+    # The model family (bert_onnx.families, by transformers model_type); folders from before it was recorded are BERT.
+    family: str = families.BERT.model_type
 
     def __post_init__(self) -> None:
+        if self.family not in families.FAMILIES:
+            raise ModelFolderError(
+                f"{interface.MANIFEST_FILE}: family {self.family!r} is not one this bert-onnx knows "
+                f"({', '.join(families.FAMILIES)}); upgrade bert-onnx or re-export the model"
+            )
         if not self.variants:  # folders without a variants table hold the fp32 graph only
             fp32 = VariantRecord.from_parity(interface.MODEL_FILE, choices.get(choices.DEFAULT).devices, self.parity)
             object.__setattr__(self, "variants", {choices.DEFAULT: fp32})
@@ -255,16 +262,23 @@ class Manifest:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {variant.file}")
             if not variant.passed:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: variant {name!r} is stored but failed its gate")
-        expected = interface.output_names(self.num_layers)
+        pooler = self.model_family.pooler
+        expected = interface.output_names(self.num_layers, pooler)
         if tuple(self.outputs) != expected:
             raise ModelFolderError(
                 f"{interface.MANIFEST_FILE}: outputs {list(self.outputs)} do not match the {self.num_layers}-layer "
-                f"interface {list(expected)}"
+                f"interface {list(expected)} (family {self.family})"
             )
-        if self.outputs != interface.output_axes(self.num_layers):
+        if self.outputs != interface.output_axes(self.num_layers, pooler):
             raise ModelFolderError(f"{interface.MANIFEST_FILE}: output axes {self.outputs} are not the interface's")
-        if self.inputs != interface.input_axes():
-            raise ModelFolderError(f"{interface.MANIFEST_FILE}: inputs {self.inputs} are not {interface.input_axes()}")
+        # Segment ids are optional (a checkpoint with one segment type has none), the rest is the family's.
+        most = self.model_family.graph_inputs(type_vocab_size=2)
+        allowed = (most, most[:2])
+        if self.inputs not in [interface.input_axes(names) for names in allowed]:
+            raise ModelFolderError(
+                f"{interface.MANIFEST_FILE}: inputs {self.inputs} are not a {self.family} graph's "
+                f"({' or '.join(str(list(names)) for names in dict.fromkeys(allowed))}, axes (batch, sequence))"
+            )
         if tuple(o.name for o in self.parity.outputs) != expected:
             raise ModelFolderError(f"{interface.MANIFEST_FILE}: the parity report does not cover every output")
         missing = [name for name in interface.CHECKSUMMED_FILES if name not in self.files]
@@ -279,6 +293,14 @@ class Manifest:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(self.outputs)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self.inputs)
+
+    @property
+    def model_family(self) -> families.ModelFamily:
+        return families.FAMILIES[self.family]
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -321,6 +343,7 @@ class Manifest:
                 extra=dict(data.get("extra", {})),
                 variants={name: VariantRecord.from_dict(v) for name, v in data.get("variants", {}).items()},
                 recipe=RecipeRecord.from_dict(data.get("recipe") or {}),
+                family=str(data.get("family", families.BERT.model_type)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ModelFolderError):

@@ -98,6 +98,7 @@ def main(cache: Path) -> None:
     if not base.exists():
         print(f"creating {base} (bert-base-uncased architecture, RANDOM weights)", flush=True)
         random_bert(base, vocab, seed=0)
+    __import__("checkpoints_families").main(cache)  # one checkpoint per family besides BERT (checkpoints_families.py)
     __import__("checkpoints_st").main(cache)  # the sentence-transformers layouts (scripts/checkpoints_st.py)
     print(f"checkpoints ready in {cache}")
 

@@ -27,6 +27,18 @@ CHECKPOINT_NAMES = {
     "tiny": "tiny-random-bert",
     "minilm": "all-MiniLM-L6-v2",
     "base": "bert-base-uncased-arch-random-weights",
+    # one small checkpoint per family besides BERT (scripts/checkpoints_families.py), RANDOM weights
+    "roberta": "tiny-random-roberta",
+    "xlm-roberta": "tiny-random-xlm-roberta",
+    "distilbert": "tiny-random-distilbert",
+    "albert": "tiny-random-albert",
+    "electra": "tiny-random-electra",
+    "mpnet": "tiny-random-mpnet",
+    "deberta-v2": "tiny-random-deberta-v2",
+    "deberta-v3": "tiny-random-deberta-v3",
+    "modernbert": "tiny-random-modernbert",
+    "roberta-base": "roberta-base-arch-random-weights",
+    "bert-generic-tokenizer": "tiny-random-bert-generic-tokenizer",
     # sentence-transformers layouts (scripts/checkpoints_st.py)
     "st-minilm": "st-all-MiniLM-L6-v2",
     "st-cls-dense": "st-minilm-cls-dense",

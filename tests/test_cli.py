@@ -257,10 +257,10 @@ EXPORT_FAILURES = [
         needles=("not a bert-onnx model folder", "manifest.json", "refusing"),
     ),
     ExportCase(
-        "non-bert-checkpoint",
+        "unlisted-family",
         ("{case}/gpt2", "--output", "{out}"),
         prepare=_gpt2_checkpoint,
-        needles=("model_type is 'gpt2'", "BERT"),
+        needles=("model_type 'gpt2' is not a family bert-onnx exports", "supported: bert, roberta"),
     ),
     ExportCase(
         "nonexistent-folder",

@@ -196,8 +196,9 @@ def test_cli_embed_with_a_variant(variants_dir: Path, tmp_path: Path) -> None:
 
 def test_int8_ladder_tries_all_int8_then_ffn_down_projections_in_float(variants_dir: Path) -> None:
     from bert_onnx.export.variants import int8_ladder
+    from bert_onnx.families import BERT
 
-    ladder = int8_ladder(variants_dir / interface.MODEL_FILE)
+    ladder = int8_ladder(variants_dir / interface.MODEL_FILE, BERT.down_projections)
     down = [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
     assert ladder == [[], down[:1], down[:2], down[:3]]
     gate = Manifest.read(variants_dir).variants["int8"].gate

@@ -50,16 +50,34 @@ class QuantizedMatMul:
 
 
 def quantizable_matmuls(model: onnx.ModelProto) -> list[QuantizedMatMul]:
-    """MatMul nodes whose second input is a 2-d float initializer, in graph order."""
+    """MatMul nodes whose second input is a 2-d float initializer (or an Identity of one), in graph order."""
     initializers = {i.name: i for i in model.graph.initializer}
+    # A layer whose weights are used by several calls (ALBERT's one shared layer) is exported with the first call
+    # reading the initializer and the others an Identity of it.
+    aliases = {
+        n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.input[0] in initializers
+    }
     found = []
     for node in model.graph.node:
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
-        weight = initializers.get(node.input[1])
+        name = aliases.get(node.input[1], node.input[1])
+        weight = initializers.get(name)
         if weight is not None and len(weight.dims) == 2 and weight.data_type == TensorProto.FLOAT:
-            found.append(QuantizedMatMul(node.name, node.input[0], node.input[1], node.output[0]))
+            found.append(QuantizedMatMul(node.name, node.input[0], name, node.output[0]))
     return found
+
+
+def _int8_weights(prefix: str, weights: list[np.ndarray], unsigned: bool) -> list[onnx.TensorProto]:
+    """The int8 copy of weights side by side, their column scales and the (rows, K) shape their input takes."""
+    weight, col_scale = quantize_weight(np.concatenate(weights, axis=1))
+    if unsigned:  # the same values, stored + 128 with zero point 128 (see the module's docstring)
+        weight = (weight.astype(np.int16) + 128).astype(np.uint8)  # (K, sum of N)
+    return [
+        numpy_helper.from_array(weight, f"{prefix}/weight"),
+        numpy_helper.from_array(col_scale, f"{prefix}/weight_scale"),
+        numpy_helper.from_array(np.array([-1, weight.shape[0]], dtype=np.int64), f"{prefix}/rows_by_k"),
+    ]
 
 
 def quantize_weight(weight: np.ndarray, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
@@ -104,17 +122,14 @@ def quantize_per_row(
     if opset >= 18:  # ReduceMax/ReduceMin take their axes as an input from opset 18 on
         added.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "int8/last_axis"))
     replacing: dict[str, list[onnx.NodeProto]] = {}  # name of a group's first MatMul -> the nodes replacing it
+    quantized: dict[tuple[str, ...], str] = {}  # a group's weights -> where their int8 copy is (shared: once)
     for index, (source, matmuls) in enumerate(groups.items()):
         p = f"int8/g{index}"
-        weights = [numpy_helper.to_array(initializers[m.weight]) for m in matmuls]
-        weight, col_scale = quantize_weight(np.concatenate(weights, axis=1))
-        if unsigned_weights:  # the same values, stored + 128 with zero point 128 (see WEIGHT_TYPES)
-            weight = (weight.astype(np.int16) + 128).astype(np.uint8)  # (K, sum of N)
-        added += [
-            numpy_helper.from_array(weight, f"{p}/weight"),
-            numpy_helper.from_array(col_scale, f"{p}/weight_scale"),
-            numpy_helper.from_array(np.array([-1, weight.shape[0]], dtype=np.int64), f"{p}/rows_by_k"),
-        ]
+        key = tuple(m.weight for m in matmuls)
+        if key not in quantized:
+            quantized[key] = p
+            added += _int8_weights(p, [numpy_helper.to_array(initializers[n]) for n in key], unsigned_weights)
+        w = quantized[key]
         reduce_inputs = [source] + (["int8/last_axis"] if opset >= 18 else [])
         reduce_attrs: dict[str, Any] = {"keepdims": 1} if opset >= 18 else {"axes": [-1], "keepdims": 1}
         product = matmuls[0].output if len(matmuls) == 1 else f"{p}/product"
@@ -135,7 +150,7 @@ def quantize_per_row(
                 name=f"{p}/ZeroPoints",
                 value=helper.make_tensor("value", TensorProto.UINT8, [1], [128]),
             ),
-            helper.make_node("Reshape", [source, f"{p}/rows_by_k"], [f"{p}/x2d"], name=f"{p}/Flatten"),  # (B*T, K)
+            helper.make_node("Reshape", [source, f"{w}/rows_by_k"], [f"{p}/x2d"], name=f"{p}/Flatten"),  # (B*T, K)
             helper.make_node(
                 "QuantizeLinear",
                 [f"{p}/x2d", f"{p}/row_scale", f"{p}/zero_points"],
@@ -149,7 +164,7 @@ def quantize_per_row(
             # single-threaded pass after the GEMM, so the row scale is a Mul of its own.
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [f"{p}/q", f"{p}/weight", "int8/one", f"{p}/weight_scale", "int8/zero_point"]
+                [f"{p}/q", f"{w}/weight", "int8/one", f"{w}/weight_scale", "int8/zero_point"]
                 + (["int8/zero_point"] if unsigned_weights else []),
                 [f"{p}/unscaled"],
                 name=f"{p}/MatMulIntegerToFloat",
@@ -158,7 +173,7 @@ def quantize_per_row(
             helper.make_node("Mul", [f"{p}/unscaled", f"{p}/scale"], [product], name=f"{p}/ScaleRows"),  # (B, T, N)
         ]
         if len(matmuls) > 1:
-            sizes = np.array([w.shape[1] for w in weights], dtype=np.int64)
+            sizes = np.array([initializers[m.weight].dims[1] for m in matmuls], dtype=np.int64)
             added.append(numpy_helper.from_array(sizes, f"{p}/split"))
             nodes.append(
                 helper.make_node(
@@ -170,6 +185,9 @@ def quantize_per_row(
             replacing[matmul.name] = []
 
     rebuilt = [new for node in graph.node for new in replacing.get(node.name, [node])]
+    read = {name for node in rebuilt for name in node.input} | {o.name for o in graph.output}
+    # Identities of a weight only quantized MatMuls read are left unread: drop them, and the float weight with them.
+    rebuilt = [node for node in rebuilt if node.op_type != "Identity" or node.output[0] in read]
     del graph.node[:]
     graph.node.extend(rebuilt)
     used = {name for node in graph.node for name in node.input}

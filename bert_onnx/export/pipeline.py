@@ -13,11 +13,20 @@ from pathlib import Path
 from bert_onnx import __version__, choices, interface, machine
 from bert_onnx._files import atomic_write_text, install_dir, staging_dir
 from bert_onnx.choices import Choice
+from bert_onnx.errors import InvalidValueError
 from bert_onnx.export import variants as builders
 from bert_onnx.export.checkpoint import resolve_checkpoint
 from bert_onnx.export.corpus import split
 from bert_onnx.export.errors import ExportError, ParityError, VariantGateError
-from bert_onnx.export.graph import DEFAULT_OPSET, SUPPORTED_OPSETS, export_graph, load_model
+from bert_onnx.export.graph import (
+    DEFAULT_OPSET,
+    SUPPORTED_OPSETS,
+    export_graph,
+    graph_inputs,
+    load_model,
+    read_family,
+    type_vocab_size,
+)
 from bert_onnx.export.sentence_transformers import read_layout
 from bert_onnx.export.tokenizer import convert_tokenizer
 from bert_onnx.export.validate import SHORT_ROWS, parity
@@ -129,13 +138,19 @@ def export_model(
 
     step(f"resolving {model}")
     checkpoint = resolve_checkpoint(model, revision=revision)
-    step(f"loading BertModel from {checkpoint.path}")
-    bert, notes = load_model(checkpoint.path)
+    family = read_family(checkpoint.path)
+    try:
+        family.check_variants(chosen)
+    except InvalidValueError as exc:
+        raise ExportError(str(exc)) from None
+    step(f"loading {family.model_class} from {checkpoint.path}")
+    pytorch_model, notes = load_model(checkpoint.path)
     for note in notes:
         log(f"warning: {note}")
-    config = bert.config
+    config = pytorch_model.config
     num_layers = int(config.num_hidden_layers)
-    max_length = int(config.max_position_embeddings)
+    max_length = family.usable_length(config)
+    input_names = graph_inputs(config)
 
     with staging_dir(output) as staged:
         step("converting the tokenizer")
@@ -148,9 +163,10 @@ def export_model(
             log(f"recipe: {layout.record.summary()}")
         atomic_write_text(staged / interface.CONFIG_FILE, config.to_json_string())
         step(f"exporting {num_layers} layers, hidden size {config.hidden_size}, opset {opset}")
-        export_graph(bert, staged / interface.MODEL_FILE, opset=opset)
+        export_graph(pytorch_model, staged / interface.MODEL_FILE, opset=opset)
         step("validating every output against PyTorch")
-        report, parity_batch, expected = parity(bert, staged / interface.MODEL_FILE, converted.reference, max_length)
+        fp32_path = staged / interface.MODEL_FILE
+        report, parity_batch, expected = parity(pytorch_model, fp32_path, converted.reference, max_length)
         log(report.description)
         log(report.table())
         if not report.passed:
@@ -161,12 +177,14 @@ def export_model(
         measured_on.update({k: versions[k] for k in ("onnxruntime", "openvino") if k in versions})
         fp32 = VariantRecord.from_parity(interface.MODEL_FILE, choices.get(choices.DEFAULT).devices, report)
         records = {choices.DEFAULT: dataclasses.replace(fp32, measured_on=measured_on)}
-        runtime_tokenizer = Tokenizer.from_file(staged / interface.TOKENIZER_FILE, converted.pad_token_id)
+        runtime_tokenizer = Tokenizer.from_file(
+            staged / interface.TOKENIZER_FILE, converted.pad_token_id, input_names=input_names
+        )
         texts, _ = split(builders.GATE_TEXTS)
         embeddings = None
         if any(choices.get(name).gate.kind == choices.EMBEDDINGS for name in chosen):
             step(f"PyTorch's sentence embeddings of {len(texts)} real paragraphs, for the embeddings gate")
-            embeddings = builders.torch_sentence_embeddings(bert, texts, runtime_tokenizer, max_length)
+            embeddings = builders.torch_sentence_embeddings(pytorch_model, texts, runtime_tokenizer, max_length)
         rows = int(parity_batch["input_ids"].shape[0])
         # Export gates every row of every output; gates.npz keeps a smaller selection (bert_onnx.gates).
         gate_references = References.from_outputs(parity_batch, expected, rows, texts, embeddings)
@@ -201,13 +219,13 @@ def export_model(
             num_layers=num_layers,
             hidden_size=int(config.hidden_size),
             vocab_size=int(config.vocab_size),
-            type_vocab_size=int(config.type_vocab_size),
+            type_vocab_size=type_vocab_size(config),
             max_length=max_length,
             pad_token_id=converted.pad_token_id,
             opset=opset,
             versions=_versions(),
-            inputs=interface.input_axes(),
-            outputs=interface.output_axes(num_layers),
+            inputs=interface.input_axes(input_names),
+            outputs=interface.output_axes(num_layers, family.pooler),
             files={
                 name: sha256_file(staged / name)
                 for name in (
@@ -220,6 +238,7 @@ def export_model(
             parity=report,
             notes=tuple(notes),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            family=family.model_type,
             extra={
                 "attn_implementation": "eager",
                 "exporter": "torch.onnx.export (TorchScript)",

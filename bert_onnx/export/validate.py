@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bert_onnx import interface
+from bert_onnx import families, interface
 from bert_onnx.errors import InvalidValueError
 from bert_onnx.gates import max_abs_diffs, real_tokens
 from bert_onnx.manifest import OutputParity, ParityReport
@@ -24,12 +25,15 @@ SHORT_ROWS = len(_SENTENCES) + 1  # the rows of validation_batch before the max_
 _LONG = "Extracting embeddings from every encoder layer of BERT gives features for many tasks. "
 
 
-def validation_batch(tokenizer: Any, max_length: int) -> tuple[dict[str, np.ndarray], str]:
-    """A right-padded batch: short sentences of different lengths, a sentence pair (segment ids of 1), and one
-    row of exactly ``max_length`` tokens (512 for BERT), so every position embedding is exercised."""
+def validation_batch(tokenizer: Any, max_length: int, input_names: Sequence[str]) -> tuple[dict[str, np.ndarray], str]:
+    """A right-padded batch of the graph inputs ``input_names``: short sentences of different lengths, a sentence
+    pair (with segment ids of 1 where the graph takes them), and one row of exactly ``max_length`` tokens (512 for
+    BERT), so every position embedding is exercised and windowed attention sees texts longer than its window."""
     rows = [tokenizer(text)["input_ids"] for text in _SENTENCES]
     types = [[0] * len(r) for r in rows]
-    pair = tokenizer(*_PAIR)
+    # Asked for explicitly: a tokenizer whose class emits no segment ids (RoBERTa's, the generic fast one) still
+    # has its pair template's type ids, which a graph that takes them needs.
+    pair = tokenizer(*_PAIR, return_token_type_ids=True)
     rows.append(pair["input_ids"])
     types.append(pair["token_type_ids"])
     long = tokenizer(_LONG * (max_length // 8 + 1), truncation=True, max_length=max_length)["input_ids"]
@@ -37,18 +41,19 @@ def validation_batch(tokenizer: Any, max_length: int) -> tuple[dict[str, np.ndar
     types.append([0] * len(long))
 
     width = max(len(r) for r in rows)
-    batch = {name: np.zeros((len(rows), width), dtype=np.int64) for name in interface.INPUT_NAMES}
-    batch["input_ids"][:] = tokenizer.pad_token_id
+    arrays = {name: np.zeros((len(rows), width), dtype=np.int64) for name in interface.INPUT_NAMES}
+    arrays[families.INPUT_IDS][:] = tokenizer.pad_token_id
     for i, (ids, segments) in enumerate(zip(rows, types, strict=True)):
-        batch["input_ids"][i, : len(ids)] = ids
-        batch["attention_mask"][i, : len(ids)] = 1
-        batch["token_type_ids"][i, : len(ids)] = segments
+        arrays[families.INPUT_IDS][i, : len(ids)] = ids
+        arrays[families.ATTENTION_MASK][i, : len(ids)] = 1
+        arrays[families.TOKEN_TYPE_IDS][i, : len(ids)] = segments
     lengths = [len(r) for r in rows]
+    segments_note = " with token_type_ids 1" if families.TOKEN_TYPE_IDS in input_names else ""
     description = (
         f"{len(rows)} rows right-padded to {width} tokens; lengths {lengths}; "
-        f"row {len(_SENTENCES)} is a sentence pair with token_type_ids 1"
+        f"row {len(_SENTENCES)} is a sentence pair{segments_note}"
     )
-    return batch, description
+    return {name: arrays[name] for name in input_names}, description
 
 
 def compare(
@@ -58,7 +63,7 @@ def compare(
     tolerance: float = interface.FP32_TOLERANCE,
 ) -> tuple[OutputParity, ...]:
     """Max abs diff per output over the non-padded positions of every row (padded positions are undefined in
-    BERT)."""
+    these models)."""
     for name, expected in reference.items():
         if candidate[name].shape != expected.shape:
             raise InvalidValueError(f"{name}: shape {candidate[name].shape} differs from PyTorch's {expected.shape}")
@@ -68,13 +73,13 @@ def compare(
 
 
 def torch_outputs(model: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every interface output of ``model`` (a BertModel) on ``batch``, by name."""
-    from bert_onnx.export.graph import AllOutputs
+    """Every interface output of ``model`` (a family's base model) on ``batch``, by name."""
+    from bert_onnx.export.graph import AllOutputs, graph_outputs
 
     wrapper = AllOutputs(model).eval()
     with torch.no_grad():
-        values = wrapper(*(torch.from_numpy(batch[name]) for name in interface.INPUT_NAMES))
-    names = interface.output_names(int(model.config.num_hidden_layers))
+        values = wrapper(*(torch.from_numpy(batch[name]) for name in wrapper.input_names))
+    names = graph_outputs(model.config)
     return {name: value.numpy() for name, value in zip(names, values, strict=True)}
 
 
@@ -83,7 +88,9 @@ def run_both(
 ) -> tuple[dict[str, np.ndarray], str, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """:func:`validation_batch` through PyTorch and through the graph on ``device``:
     (batch, its description, PyTorch's outputs, the graph's outputs), outputs by name."""
-    batch, description = validation_batch(tokenizer, max_length)
+    from bert_onnx.export.graph import graph_inputs
+
+    batch, description = validation_batch(tokenizer, max_length, graph_inputs(model.config))
     expected = torch_outputs(model, batch)
     session = create_session(onnx_path, device=device)
     names = list(expected)

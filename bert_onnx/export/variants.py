@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert_onnx import choices, gates, interface, machine
+from bert_onnx import choices, gates, machine
 from bert_onnx.choices import Choice
 from bert_onnx.export.errors import ExportError
+from bert_onnx.export.graph import family_of, graph_outputs
 from bert_onnx.gates import Forward, References, sentence_embeddings
 from bert_onnx.manifest import VariantRecord
 from bert_onnx.runtime import backends
@@ -41,10 +42,18 @@ GATE_TEXTS = 1000  # real paragraphs for the int8 gate (stored in gates.npz for 
 INT8_RUNGS = 3  # int8 recipes tried before giving up: none, then 1..3 FFN down-projections in float
 
 
-def _fusion_options() -> Any:
+def _fusion_type(config: Any) -> str:
+    """The model_type ONNX Runtime's optimizer fuses this family's graph as (the family table's ``fusion``)."""
+    fusion = family_of(config).fusion
+    if fusion is None:  # the family table lists opt and fp16 as not offered, so export refused them already
+        raise ExportError(f"ONNX Runtime's fusions do not apply to {config.model_type} graphs")
+    return fusion
+
+
+def _fusion_options(config: Any) -> Any:
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    options = FusionOptions("bert")
+    options = FusionOptions(_fusion_type(config))
     options.enable_embed_layer_norm = False  # hidden_states.0 is an output: keep one embedding computation
     return options
 
@@ -54,21 +63,21 @@ def _optimized(fp32_path: Path, config: Any, use_gpu: bool = False) -> Any:
 
     return optimize_model(
         str(fp32_path),
-        model_type="bert",
+        model_type=_fusion_type(config),
         num_heads=int(config.num_attention_heads),
         hidden_size=int(config.hidden_size),
-        optimization_options=_fusion_options(),
+        optimization_options=_fusion_options(config),
         opt_level=0,  # our fusions only; ONNX Runtime applies its own graph optimizations at load
         use_gpu=use_gpu,
     )
 
 
-def _check_outputs(path: Path, num_layers: int) -> None:
+def _check_outputs(path: Path, config: Any) -> None:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     names = tuple(o.name for o in graph.output)
-    if names != interface.output_names(num_layers):
+    if names != graph_outputs(config):
         raise ExportError(f"{path.name}: the rewritten graph has outputs {list(names)}, not the interface's")
 
 
@@ -76,7 +85,7 @@ def build_opt(fp32_path: Path, target: Path, config: Any) -> dict[str, int]:
     """Write the fused graph; return the count of each fused operator."""
     model = _optimized(fp32_path, config)
     model.save_model_to_file(str(target))
-    _check_outputs(target, int(config.num_hidden_layers))
+    _check_outputs(target, config)
     return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
 
 
@@ -95,9 +104,10 @@ def build_int8(fp32_path: Path, target: Path, float_nodes: Sequence[str] = (), u
     onnx.save(quantize_per_row(model, float_nodes, unsigned_weights), str(target))
 
 
-def int8_ladder(fp32_path: Path, rungs: int = INT8_RUNGS) -> list[list[str]]:
+def int8_ladder(fp32_path: Path, down_projections: str, rungs: int = INT8_RUNGS) -> list[list[str]]:
     """The float-node sets int8 export tries, in order, until one passes the gate: none first, then the FFN
-    down-projections (``layer.i/output/dense``) from the first layer on, one, two, three.
+    down-projections (the MatMuls whose names match the family table's ``down_projections``, BERT's
+    ``layer.i/output/dense``) from the first layer on, one, two, three.
 
     The down-projection reads GELU's output, whose rows are the most lopsided (GELU is >= -0.17, so a symmetric
     row scale spends half its range on values that never occur): measured on the real 6-layer MiniLM, per-row
@@ -106,12 +116,8 @@ def int8_ladder(fp32_path: Path, rungs: int = INT8_RUNGS) -> list[list[str]]:
     import onnx
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    layer_of = {}
-    for node in graph.node:
-        match = re.search(r"/encoder/layer\.(\d+)/output/dense/MatMul$", node.name)
-        if node.op_type == "MatMul" and match:
-            layer_of[node.name] = int(match.group(1))
-    down = sorted(layer_of, key=layer_of.__getitem__)
+    # Graph order is layer order: each layer reads the one before it.
+    down = [node.name for node in graph.node if node.op_type == "MatMul" and re.search(down_projections, node.name)]
     return [down[:count] for count in range(min(rungs, len(down)) + 1)]
 
 
@@ -121,7 +127,7 @@ def torch_sentence_embeddings(model: Any, texts: Sequence[str], tokenizer: Token
 
     def torch_run(names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
-            out = model(**{name: torch.from_numpy(feeds[name]) for name in interface.INPUT_NAMES})
+            out = model(**{name: torch.from_numpy(value) for name, value in feeds.items()})
         return [np.asarray(out.last_hidden_state.numpy())]
 
     return sentence_embeddings(texts, tokenizer, torch_run, max_length)
@@ -132,9 +138,9 @@ def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
     unsigned = not machine.has_vnni()
     weights = "u8 weights (this CPU has no VNNI)" if unsigned else "s8 weights (VNNI)"
     record: VariantRecord | None = None
-    for float_nodes in int8_ladder(build.fp32_path):
+    for float_nodes in int8_ladder(build.fp32_path, family_of(build.config).down_projections):
         build_int8(build.fp32_path, build.target, float_nodes, unsigned)
-        _check_outputs(build.target, build.num_layers)
+        _check_outputs(build.target, build.config)
         kept = f"{len(float_nodes)} FFN down-projection(s) kept in float: {', '.join(float_nodes) or 'none'}"
         record = build.measure(f"per-token int8, {weights}, {kept}")
         build.log(
@@ -158,7 +164,7 @@ def build_fp16(fp32_path: Path, target: Path, config: Any) -> None:
     )
     _drop_duplicate_nodes(model.model)
     model.save_model_to_file(str(target))
-    _check_outputs(target, int(config.num_hidden_layers))
+    _check_outputs(target, config)
 
 
 def _drop_duplicate_nodes(model: Any) -> None:

@@ -1,4 +1,4 @@
-"""``Encoder``: load an exported folder and run it: texts or ids in, BERT outputs or pooled embeddings out."""
+"""``Encoder``: load an exported folder and run it: texts or ids in, the model's outputs or pooled embeddings out."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from bert_onnx import choices, interface, machine
 from bert_onnx._checks import check_choice
 from bert_onnx.choices import Choice
 from bert_onnx.errors import InvalidTypeError, InvalidValueError
+from bert_onnx.families import ModelFamily
 from bert_onnx.manifest import Manifest, ModelFolderError
 from bert_onnx.runtime import backends
 from bert_onnx.runtime.batching import tokenized_batches
 from bert_onnx.runtime.graph_check import check_domains
 from bert_onnx.runtime.inputs import check_model_inputs, check_texts
-from bert_onnx.runtime.pooling import DenseLayer, Pooling
+from bert_onnx.runtime.pooling import POOLER, DenseLayer, Pooling
 from bert_onnx.runtime.recipe import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
@@ -38,23 +39,25 @@ EMBED_WINDOW = 8192  # texts tokenized and length-sorted together by ``embed``
 
 @dataclass(frozen=True)
 class EncoderOutput:
-    """BERT outputs as NumPy arrays, named and shaped like transformers' ``BaseModelOutputWithPooling``.
+    """The model's outputs as NumPy arrays, named and shaped like transformers' ``BaseModelOutputWithPooling``.
 
-    ``last_hidden_state``: (batch, sequence, hidden); ``pooler_output``: (batch, hidden); ``hidden_states``: a tuple
-    of N + 1 arrays (batch, sequence, hidden), the embeddings first, or ``None`` when not requested. The inputs
-    that produced them ride along so padded positions can be masked.
+    ``last_hidden_state``: (batch, sequence, hidden); ``pooler_output``: (batch, hidden), ``None`` for a family
+    without a pooler (DistilBERT, ELECTRA, DeBERTa, ModernBERT); ``hidden_states``: a tuple of N + 1 arrays
+    (batch, sequence, hidden), the embeddings first, or ``None`` when not requested. The inputs that produced them
+    ride along so padded positions can be masked (``token_type_ids``: ``None`` where the graph takes none).
     """
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
-    token_type_ids: np.ndarray
+    token_type_ids: np.ndarray | None
     last_hidden_state: np.ndarray
-    pooler_output: np.ndarray
+    pooler_output: np.ndarray | None
     hidden_states: tuple[np.ndarray, ...] | None
 
 
 class Encoder:
-    """A BERT model folder written by ``bert-onnx export``, run under ONNX Runtime.
+    """A model folder written by ``bert-onnx export`` (BERT or another family, :mod:`bert_onnx.families`), run under
+    ONNX Runtime.
 
     Loading verifies the SHA-256 of every file it uses against ``manifest.json`` (``verify=False`` skips it) and
     creates one session on ``device`` ("cpu" or "cuda"; CUDA never falls back to CPU silently). ``threads`` sets
@@ -114,7 +117,9 @@ class Encoder:
         if verify:
             self.manifest.verify_files(self.model_dir, [model_file, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
         self.tokenizer = Tokenizer.from_file(
-            self.model_dir / interface.TOKENIZER_FILE, pad_token_id=self.manifest.pad_token_id
+            self.model_dir / interface.TOKENIZER_FILE,
+            pad_token_id=self.manifest.pad_token_id,
+            input_names=self.manifest.input_names,
         )
         check_domains(self.model_dir / model_file)
         cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
@@ -129,7 +134,8 @@ class Encoder:
         self.runner: Runner = runs.open(self.choice_spec, opening)
         backends.warn_unvouched(self.manifest, self.model_dir, resolved)
         self.io_binding = isinstance(self.runner, OnnxRuntimeRunner) and self.runner.io_binding
-        if self.runner.output_names != self.manifest.output_names or self.runner.input_names != interface.INPUT_NAMES:
+        manifest = self.manifest
+        if self.runner.output_names != manifest.output_names or self.runner.input_names != manifest.input_names:
             raise ModelFolderError(
                 f"{self.model_dir / model_file}: graph inputs {list(self.runner.input_names)} / outputs "
                 f"{list(self.runner.output_names)} do not match {interface.MANIFEST_FILE}"
@@ -189,6 +195,11 @@ class Encoder:
         return self.manifest.num_layers
 
     @property
+    def family(self) -> ModelFamily:
+        """The model family (:mod:`bert_onnx.families`): its graph inputs, whether it has a pooler."""
+        return self.manifest.model_family
+
+    @property
     def hidden_size(self) -> int:
         return self.manifest.hidden_size
 
@@ -217,11 +228,8 @@ class Encoder:
         return np.zeros(shape, dtype=np.float32)
 
     def _output(self, batch: TokenizedBatch, output_hidden_states: bool) -> EncoderOutput:
-        names = (
-            self.manifest.output_names
-            if output_hidden_states
-            else (interface.LAST_HIDDEN_STATE, interface.POOLER_OUTPUT)
-        )
+        pooled = (interface.POOLER_OUTPUT,) if self.family.pooler else ()
+        names = self.manifest.output_names if output_hidden_states else (interface.LAST_HIDDEN_STATE, *pooled)
         out = self._forward(batch, names)
         hidden = (
             tuple(out[interface.hidden_state_name(i)] for i in range(self.num_layers + 1))
@@ -233,7 +241,7 @@ class Encoder:
             attention_mask=batch.attention_mask,
             token_type_ids=batch.token_type_ids,
             last_hidden_state=out[interface.LAST_HIDDEN_STATE],
-            pooler_output=out[interface.POOLER_OUTPUT],
+            pooler_output=out.get(interface.POOLER_OUTPUT),
             hidden_states=hidden,
         )
 
@@ -244,9 +252,10 @@ class Encoder:
         token_type_ids: Any = None,
         output_hidden_states: bool = True,
     ) -> EncoderOutput:
-        """Run pre-tokenized input: 2-d integer arrays (batch, sequence), like calling ``BertModel`` directly.
+        """Run pre-tokenized input: 2-d integer arrays (batch, sequence), like calling the transformers model directly.
 
         A missing ``attention_mask`` means every position is attended; missing ``token_type_ids`` means segment 0.
+        A family whose model takes no segment ids (DistilBERT, MPNet, ModernBERT) refuses ``token_type_ids``.
         Raises ``ValueError`` for non-2-d or non-integer arrays, mismatched shapes, or ids out of range.
         """
         ids, mask, types = check_model_inputs(
@@ -256,6 +265,8 @@ class Encoder:
             vocab_size=self.manifest.vocab_size,
             type_vocab_size=self.manifest.type_vocab_size,
             max_length=self.max_length,
+            input_names=self.manifest.input_names,
+            family=self.family,
         )
         return self._output(TokenizedBatch(ids, mask, types), output_hidden_states)
 
@@ -335,9 +346,15 @@ class Encoder:
 
     def pooling_for(self, recipe: EmbedRecipe) -> Pooling:
         """The vector step of ``recipe`` for this model: layers checked, dense layers loaded, the prompt's length
-        counted, ``dimensions`` checked against the vector's length."""
+        counted, ``dimensions`` checked against the vector's length; ``pooling="pooler"`` refused for a family
+        without a pooler."""
         if not isinstance(recipe, EmbedRecipe):
             raise InvalidTypeError(f"recipe={recipe!r} must be an EmbedRecipe")
+        if POOLER in recipe.modes and not self.family.pooler:
+            raise InvalidValueError(
+                f"pooling='pooler' reads pooler_output, and {self.family.model_type} models have no pooler "
+                f"({self.model_dir} has no pooler_output); use pooling='cls' or 'mean'"
+            )
         layers = self._dense_layers
         missing = [name for name in recipe.dense if name not in layers]
         if missing:

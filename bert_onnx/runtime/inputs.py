@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 
 from bert_onnx.errors import InvalidTypeError, InvalidValueError
+from bert_onnx.families import BERT, TOKEN_TYPE_IDS, ModelFamily
+from bert_onnx.interface import INPUT_NAMES
 
 
 def check_texts(texts: Any) -> list[str]:
@@ -69,18 +71,31 @@ def check_model_inputs(
     vocab_size: int,
     type_vocab_size: int,
     max_length: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate pre-tokenized input; missing mask means all ones, missing segment ids all zeros (as transformers)."""
+    input_names: Sequence[str] = INPUT_NAMES,
+    family: ModelFamily = BERT,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate pre-tokenized input for a graph taking ``input_names``; missing mask means all ones, missing segment
+    ids all zeros (as transformers). Returns (ids, mask, segment ids or ``None`` where the graph takes none).
+
+    Segment ids for a graph without that input are refused, except all zeros for a family whose model takes them
+    but whose checkpoint has one segment type (RoBERTa): that is what the model computes without them.
+    """
     ids = check_id_array("input_ids", input_ids, vocab_size)
     mask = (
         np.ones_like(ids)
         if attention_mask is None
         else check_id_array("attention_mask", attention_mask, 2, allow_bool=True)
     )
+    takes_segments = TOKEN_TYPE_IDS in input_names
+    if token_type_ids is not None and not takes_segments and not family.token_type_ids:
+        raise InvalidValueError(
+            f"token_type_ids given, but {family.model_type} models take no segment ids (this graph's inputs: "
+            f"{', '.join(input_names)}); pass token_type_ids=None"
+        )
     types = (
         np.zeros_like(ids)
         if token_type_ids is None
-        else check_id_array("token_type_ids", token_type_ids, type_vocab_size)
+        else check_id_array("token_type_ids", token_type_ids, max(type_vocab_size, 1) if takes_segments else 1)
     )
     for name, other in (("attention_mask", mask), ("token_type_ids", types)):
         if other.shape != ids.shape:
@@ -92,4 +107,4 @@ def check_model_inputs(
         raise InvalidValueError(
             f"input_ids has sequence length {sequence}, over the model's maximum of {max_length} positions"
         )
-    return ids, mask, types
+    return ids, mask, types if takes_segments else None

@@ -1,7 +1,9 @@
 """Tokenizing: the folder's ``tokenizer.json`` through `tokenizers`, with padding and truncation owned here.
 
-The exported ``tokenizer.json`` has no padding or truncation baked in; every call states its own ``max_length``
-and padding, so a checkpoint that shipped "pad everything to 128" does not leak that into our batches.
+The exported ``tokenizer.json`` is the checkpoint's own tokenizer as transformers builds it (WordPiece, byte-level
+BPE or SentencePiece Unigram, with its special tokens and templates), with no padding or truncation baked in; every
+call states its own ``max_length`` and padding, so a checkpoint that shipped "pad everything to 128" does not leak
+that into our batches. Batches carry exactly the inputs the folder's graph takes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 from tokenizers import Encoding
 from tokenizers import Tokenizer as _Backend
 
+from bert_onnx import interface
 from bert_onnx.errors import InvalidValueError
+from bert_onnx.families import TOKEN_TYPE_IDS
 from bert_onnx.manifest import ModelFolderError
 from bert_onnx.runtime.inputs import check_texts
 
@@ -25,7 +29,7 @@ PADDINGS: tuple[str, ...] = ("longest", "max_length")
 
 class TokenIds(Protocol):
     """What padding reads from one text's tokens: a ``tokenizers.Encoding``, or ids a caller built itself (a server
-    taking token-id input wraps them in [CLS] ... [SEP] without a tokenizer call)."""
+    taking token-id input wraps them in the tokenizer's [CLS] ... [SEP] or <s> ... </s> without a tokenizer call)."""
 
     @property
     def ids(self) -> Sequence[int]: ...
@@ -46,36 +50,43 @@ class TextTooLongError(InvalidValueError):
 
 @dataclass(frozen=True)
 class TokenizedBatch:
-    """int64 arrays of shape (batch, sequence), right-padded with the pad id and mask 0."""
+    """int64 arrays of shape (batch, sequence), right-padded with the pad id and mask 0; ``token_type_ids`` only
+    where the graph takes segment ids (``None`` otherwise)."""
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
-    token_type_ids: np.ndarray
+    token_type_ids: np.ndarray | None
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """The graph's inputs by name."""
-        return {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "token_type_ids": self.token_type_ids,
-        }
+        """The graph's inputs by name: exactly those it takes."""
+        feeds = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.token_type_ids is not None:
+            feeds[TOKEN_TYPE_IDS] = self.token_type_ids
+        return feeds
 
 
 class Tokenizer:
-    """BERT WordPiece tokenization, identical to transformers' ``BertTokenizer`` for the exported checkpoint.
+    """The exported checkpoint's tokenization, identical to its transformers tokenizer (``BertTokenizer`` for BERT,
+    ``RobertaTokenizer`` for RoBERTa, ...).
 
     ``tokenize`` and ``convert_tokens_to_ids`` mirror transformers' methods (the tutorial's manual path);
-    ``__call__`` turns a list of texts into padded id, mask and segment arrays.
+    ``__call__`` turns a list of texts into padded arrays of the graph's ``input_names`` (default: BERT's three).
     """
 
-    def __init__(self, backend: _Backend, pad_token_id: int) -> None:
+    def __init__(
+        self, backend: _Backend, pad_token_id: int, input_names: Sequence[str] = interface.INPUT_NAMES
+    ) -> None:
         backend.no_padding()
         backend.no_truncation()
         self._backend = backend
         self.pad_token_id = pad_token_id
+        interface.input_axes(input_names)  # checks the names
+        self.input_names = tuple(input_names)
 
     @classmethod
-    def from_file(cls, path: str | Path, pad_token_id: int) -> Tokenizer:
+    def from_file(
+        cls, path: str | Path, pad_token_id: int, input_names: Sequence[str] = interface.INPUT_NAMES
+    ) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise ModelFolderError(f"{path}: missing tokenizer file")
@@ -83,7 +94,7 @@ class Tokenizer:
             backend = _Backend.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for any unreadable file
             raise ModelFolderError(f"{path}: not a readable tokenizers file ({exc})") from exc
-        return cls(backend, pad_token_id)
+        return cls(backend, pad_token_id, input_names)
 
     @property
     def backend(self) -> _Backend:
@@ -95,7 +106,7 @@ class Tokenizer:
         return int(self._backend.get_vocab_size(with_added_tokens=True))
 
     def tokenize(self, text: str) -> list[str]:
-        """WordPiece tokens of ``text`` without [CLS]/[SEP], like ``BertTokenizer.tokenize``."""
+        """Tokens of ``text`` without [CLS]/[SEP] (or <s>/</s>), like transformers' ``tokenize``."""
         check_texts([text])
         return list(self._backend.encode(text, add_special_tokens=False).tokens)
 
@@ -144,7 +155,7 @@ class Tokenizer:
     def encodings(
         self, texts: Sequence[str], max_length: int, truncation: bool = True, first_index: int = 0
     ) -> list[Encoding]:
-        """Unpadded encodings with [CLS]/[SEP], at most ``max_length`` tokens each.
+        """Unpadded encodings with the tokenizer's special tokens, at most ``max_length`` tokens each.
 
         ``truncation=True`` cuts longer texts to ``max_length`` tokens (keeping the final [SEP], like transformers);
         ``truncation=False`` raises ``TextTooLongError`` (a ``ValueError``) naming the first text that is too long,
@@ -161,7 +172,7 @@ class Tokenizer:
         return encodings
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of each text with [CLS]/[SEP], untruncated."""
+        """Tokens of each text with its special tokens, untruncated."""
         return [len(e.ids) for e in self._backend.encode_batch(list(texts))]
 
     def pad(self, encodings: Sequence[TokenIds], padding: Padding, max_length: int) -> TokenizedBatch:
@@ -172,11 +183,13 @@ class Tokenizer:
         width = max_length if padding == "max_length" else max(lengths, default=0)
         input_ids = np.full((len(encodings), width), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
-        token_type_ids = np.zeros((len(encodings), width), dtype=np.int64)
+        segments = TOKEN_TYPE_IDS in self.input_names
+        token_type_ids = np.zeros((len(encodings), width), dtype=np.int64) if segments else None
         for row, (encoding, length) in enumerate(zip(encodings, lengths, strict=True)):
             input_ids[row, :length] = encoding.ids
             attention_mask[row, :length] = 1
-            token_type_ids[row, :length] = encoding.type_ids
+            if token_type_ids is not None:
+                token_type_ids[row, :length] = encoding.type_ids
         return TokenizedBatch(input_ids, attention_mask, token_type_ids)
 
     def __call__(
