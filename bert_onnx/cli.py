@@ -446,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="comma-separated ways of running to build and gate beside fp32 (always): "
         + "; ".join(f"{c.name}: {c.summary}" for c in choices.CHOICES.values() if c.name != choices.DEFAULT)
-        + ". Each must pass its gate (default: fp32)",
+        + ". Each named one must pass its gate. 'all': every choice whose gate can be measured on this machine, "
+        "storing those that pass it (default: fp32)",
     )
     export.set_defaults(func=_export)
 

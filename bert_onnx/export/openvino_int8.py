@@ -29,7 +29,7 @@ from bert_onnx.runtime.tokenizer import Tokenizer
 if TYPE_CHECKING:
     from bert_onnx.export.variants import Build
 
-CALIBRATION_TEXTS = 100  # per corpus, one text per sample (no padding in the statistics)
+CALIBRATION_TEXTS = 200  # per corpus, one text per sample (no padding in the statistics)
 
 
 def nncf_missing() -> str | None:
