@@ -2,14 +2,20 @@
 
 ``nncf.quantize`` (model type TRANSFORMER) inserts int8 quantizers with scales measured once, on calibration texts
 of both gate corpora (:mod:`bert_onnx.export.corpus`; disjoint from the texts the gate measures). The scales are
-constants, so a text's result never depends on its batchmates. OpenVINO then runs the int8 matrix products on
+constants, not measured per batch. OpenVINO then runs the int8 matrix products on
 VNNI or AMX units and fuses the float work around them; the operations left in float run in fp32
 (``openvino-int8``) or bf16 (``openvino-int8-bf16``).
 
 The gate is the int8 embeddings gate, on both corpora. If the fully quantized graph misses it, the FFN
 down-projections (which read GELU's lopsided output; the same ones :func:`bert_onnx.export.variants.int8_ladder`
-names) are kept in float, then the attention output projections too. The IR is written with its weights in fp32
-(no fp16 compression), as ``model.openvino-int8*.xml`` + ``.bin``; both are checksummed in the manifest.
+names) are kept in float, then the attention output projections too; but not when batch invariance is all it
+misses. Measured on an AVX-512 VNNI CPU, OpenVINO 2026.4: a text's embedding alone and in a batch of 24 or more
+differed by up to 2.5e-3 (MiniLM; batches of up to 16 were identical, with 1 or 2 threads; the likely cause is
+float kernels chosen by shape rounding differently, a difference that moves an int8 value by a whole step);
+keeping MatMuls in float left 5e-4 (bert-base). There the choice misses its gate and is not stored.
+
+The IR is written with its weights in fp32 (no fp16 compression), as ``model.openvino-int8*.xml`` + ``.bin``; both
+are checksummed in the manifest.
 
 Export needs ``nncf`` (in the ``[openvino]`` extra); running the IR needs only ``openvino``.
 """
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from bert_onnx.export.corpus import CORPORA, split
 from bert_onnx.export.errors import ExportError
+from bert_onnx.gates import BATCH_INVARIANCE_CHECK
 from bert_onnx.manifest import VariantRecord
 from bert_onnx.runtime.tokenizer import Tokenizer
 
@@ -112,7 +119,7 @@ def make_openvino_int8(
             f"{build.choice.name} with {len(kept)} float MatMul(s): "
             + ", ".join(f"{c.name} {c.value:.4g}" for c in record.checks)
         )
-        if record.passed:
-            break
+        if record.passed or all(c.name == BATCH_INVARIANCE_CHECK for c in record.failures):
+            break  # more float MatMuls did not make it batch-invariant (module docstring)
     assert record is not None
     return record, {f"{build.choice.name}_float_nodes": list(kept)}
