@@ -52,8 +52,9 @@ class Choice:
     """One way to run a folder.
 
     ``file``: the graph it runs (``model.onnx`` for the choices that compile the fp32 graph); ``own_file``: export
-    writes that file for this choice, so the folder must hold it to run. ``variant``: the graph's name as
-    ``Encoder(variant=...)`` takes it (ONNX Runtime choices); ``precision``: the arithmetic, as
+    writes that file for this choice, so the folder must hold it to run. ``extra_files``: other files of its own
+    the graph reads (an OpenVINO IR's weights), written, checksummed and verified with it. ``variant``: the graph's
+    name as ``Encoder(variant=...)`` takes it (ONNX Runtime choices); ``precision``: the arithmetic, as
     ``Encoder(precision=...)`` takes it for backends that compile a graph at a precision (OpenVINO).
     """
 
@@ -66,10 +67,18 @@ class Choice:
     own_file: bool
     summary: str
     variant: str | None = None
+    extra_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_NAMES:
             raise InvalidValueError(f"choice {self.name!r}: backend {self.backend!r} is not one of {BACKEND_NAMES}")
+        if self.extra_files and not self.own_file:
+            raise InvalidValueError(f"choice {self.name!r}: extra_files belong to a file of its own")
+
+    @property
+    def all_files(self) -> tuple[str, ...]:
+        """The graph file and the files it reads: what must be present and intact to run this choice."""
+        return (self.file, *self.extra_files)
 
     @property
     def title(self) -> str:
@@ -107,6 +116,16 @@ CHOICES: Mapping[str, Choice] = {
                "model.onnx compiled by OpenVINO in fp32"),
         Choice("openvino-bf16", OPENVINO, interface.MODEL_FILE, ("cpu",), "bf16", Gate(TOKEN_COSINE, 0.9999), False,
                "model.onnx compiled by OpenVINO with bf16 arithmetic (CPUs with bf16 units)"),
+        Choice("opt-int8", ONNXRUNTIME, "model.opt-int8.onnx", ("cpu",), "int8", Gate(EMBEDDINGS), True,
+               "ONNX Runtime's fusions with per-token int8 MatMuls, the QKV projection included (CPU)",
+               variant="opt-int8"),
+        Choice("openvino-int8", OPENVINO, "model.openvino-int8.xml", ("cpu",), "int8", Gate(EMBEDDINGS), True,
+               "static int8 by NNCF, calibrated on both gate corpora, run by OpenVINO with fp32 elsewhere",
+               extra_files=("model.openvino-int8.bin",)),
+        Choice("openvino-int8-bf16", OPENVINO, "model.openvino-int8-bf16.xml", ("cpu",), "int8-bf16",
+               Gate(EMBEDDINGS), True,
+               "static int8 by NNCF, run by OpenVINO with bf16 elsewhere (CPUs with bf16 units)",
+               extra_files=("model.openvino-int8-bf16.bin",)),
     )
 }  # fmt: skip
 NAMES: tuple[str, ...] = tuple(CHOICES)
@@ -142,5 +161,5 @@ def precisions(backend: str) -> tuple[str, ...]:
 
 
 def files() -> tuple[str, ...]:
-    """Every graph file a choice may run, each once."""
-    return tuple(dict.fromkeys(c.file for c in CHOICES.values()))
+    """Every file a choice may run or read, each once."""
+    return tuple(dict.fromkeys(f for c in CHOICES.values() for f in c.all_files))

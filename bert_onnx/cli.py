@@ -571,7 +571,8 @@ def _add_export_command(commands: Any) -> None:
         metavar="LIST",
         help="comma-separated ways of running to build and gate beside fp32 (always): "
         + "; ".join(f"{c.name}: {c.summary}" for c in choices.CHOICES.values() if c.name != choices.DEFAULT)
-        + ". Each must pass its gate (default: fp32)",
+        + ". Each named one must pass its gate. 'all': every choice whose gate can be measured on this machine, "
+        "storing those that pass it (default: fp32)",
     )
     export.set_defaults(func=_export)
 

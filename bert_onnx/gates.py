@@ -8,8 +8,9 @@ OpenVINO compiles, differently per CPU):
   PyTorch's outputs on it: every output on the short rows' real tokens, ``last_hidden_state`` on every row's real
   tokens, ``pooler_output`` on every row. Every hidden state of the long row too would make the file about six
   times larger; damage anywhere in the graph reaches that row's ``last_hidden_state``.
-- the gate's real paragraphs (UTF-8) and, when the folder has an int8 graph, PyTorch's mean-pooled normalized
-  embeddings of them.
+- the embeddings gate's real texts (UTF-8), one set per corpus (documentation paragraphs, and short informal texts:
+  quotes and one-liners; :mod:`bert_onnx.export.corpus`) and, when the folder has an int8 graph, PyTorch's
+  mean-pooled normalized embeddings of them.
 
 The file holds only numeric arrays, is read with ``allow_pickle=False``, and its SHA-256 is in the manifest. This
 module imports neither torch nor transformers.
@@ -40,7 +41,8 @@ BATCH_INVARIANCE_CHECK = "batch invariance max abs diff"
 INT8_BATCH_TOLERANCE = 1e-4  # normalized embedding alone vs in company; per-token int8 gives 0 here
 INVARIANCE_TEXTS = 32
 _LONG_TEXT = "Embeddings of one text must not depend on the other texts in its batch. "
-_FORMAT = 1
+_FORMAT = 2  # 2: one text set (and reference embeddings) per corpus; 1: the documentation paragraphs only
+_FIRST_CORPUS = "documentation"  # a format-1 file's only corpus
 
 # feeds -> the requested outputs, by name (an ONNX Runtime session's or a Runner's run, bound to names).
 Forward = Callable[[Sequence[str], dict[str, np.ndarray]], list[np.ndarray]]
@@ -147,18 +149,33 @@ def embedding_quality(reference: np.ndarray, candidate: np.ndarray, k: int = 10)
 
 
 def int8_checks(
-    texts: Sequence[str], reference: np.ndarray, tokenizer: Tokenizer, forward: Forward, max_length: int
+    corpora: Sequence[Corpus], tokenizer: Tokenizer, forward: Forward, max_length: int
 ) -> tuple[Check, ...]:
-    """The int8 gate: embedding quality on ``texts`` against ``reference``, and batch invariance."""
-    quality = embedding_quality(reference, sentence_embeddings(texts, tokenizer, forward, max_length))
-    invariance = batch_invariance(texts[:INVARIANCE_TEXTS], tokenizer, forward, max_length)
-    return (
-        *(Check(name, quality[name], limit, at_least=True) for name, limit in INT8_GATE.items()),
-        Check(BATCH_INVARIANCE_CHECK, invariance, INT8_BATCH_TOLERANCE),
-    )
+    """The embeddings gate: embedding quality against the reference on every corpus, each check named by its corpus,
+    and batch invariance on the first texts of each."""
+    checks: list[Check] = []
+    invariance = 0.0
+    for corpus in corpora:
+        if corpus.embeddings is None:
+            raise ModelFolderError(f"gates.npz has no reference sentence embeddings of the {corpus.name} texts")
+        candidate = sentence_embeddings(corpus.texts, tokenizer, forward, max_length)
+        quality = embedding_quality(corpus.embeddings, candidate)
+        checks += [Check(f"{corpus.name}: {k}", quality[k], limit, at_least=True) for k, limit in INT8_GATE.items()]
+        invariance = max(invariance, batch_invariance(corpus.texts[:INVARIANCE_TEXTS], tokenizer, forward, max_length))
+    return (*checks, Check(BATCH_INVARIANCE_CHECK, invariance, INT8_BATCH_TOLERANCE))
 
 
 # -- the stored references --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """One corpus of the embeddings gate: its name, its real texts and PyTorch's mean-pooled normalized embeddings
+    of them (only when the folder has a choice with that gate)."""
+
+    name: str
+    texts: tuple[str, ...]
+    embeddings: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -166,15 +183,22 @@ class References:
     """PyTorch fp32's outputs for the gates, as stored in ``gates.npz``.
 
     ``batch``: the parity batch's int64 inputs by name; ``outputs``: PyTorch's outputs on it, each the
-    :func:`selection` of that output; ``texts``: the gate's real paragraphs; ``embeddings``: PyTorch's mean-pooled
-    normalized embeddings of ``texts`` (only when the folder has an int8 graph).
+    :func:`selection` of that output; ``corpora``: the embeddings gate's texts, documentation paragraphs first.
     """
 
     batch: dict[str, np.ndarray]
     short_rows: int
     outputs: dict[str, np.ndarray]
-    texts: tuple[str, ...]
-    embeddings: np.ndarray | None = None
+    corpora: tuple[Corpus, ...]
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The first corpus's texts (real documentation paragraphs): what ``tune`` times."""
+        return self.corpora[0].texts
+
+    @property
+    def has_embeddings(self) -> bool:
+        return all(c.embeddings is not None for c in self.corpora)
 
     @classmethod
     def from_outputs(
@@ -182,8 +206,7 @@ class References:
         batch: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
         short_rows: int,
-        texts: Sequence[str],
-        embeddings: np.ndarray | None = None,
+        corpora: Sequence[Corpus],
     ) -> References:
         """Keep the :func:`selection` of each of PyTorch's full outputs on ``batch``."""
         mask = batch["attention_mask"]
@@ -193,8 +216,10 @@ class References:
             outputs={
                 name: selection(name, value, mask, short_rows).astype(np.float32) for name, value in outputs.items()
             },
-            texts=tuple(texts),
-            embeddings=None if embeddings is None else np.asarray(embeddings, dtype=np.float32),
+            corpora=tuple(
+                Corpus(c.name, tuple(c.texts), None if c.embeddings is None else np.asarray(c.embeddings, np.float32))
+                for c in corpora
+            ),
         )
 
     def select(self, actual: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,17 +228,19 @@ class References:
         return {name: selection(name, actual[name], mask, self.short_rows) for name in self.outputs}
 
     def save(self, path: str | Path) -> None:
-        encoded = [text.encode("utf-8") for text in self.texts]
         arrays: dict[str, np.ndarray] = {
             "format": np.array(_FORMAT),
             "short_rows": np.array(self.short_rows),
-            "text_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
-            "text_offsets": np.cumsum([0, *(len(e) for e in encoded)]).astype(np.int64),
+            "corpora": np.array([c.name for c in self.corpora], dtype=np.str_),
         }
+        for corpus in self.corpora:
+            encoded = [text.encode("utf-8") for text in corpus.texts]
+            arrays[f"corpus/{corpus.name}/text_bytes"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            arrays[f"corpus/{corpus.name}/text_offsets"] = np.cumsum([0, *(len(e) for e in encoded)]).astype(np.int64)
+            if corpus.embeddings is not None:
+                arrays[f"corpus/{corpus.name}/embeddings"] = corpus.embeddings
         arrays.update({f"batch/{name}": value for name, value in self.batch.items()})
         arrays.update({f"output/{name}": value for name, value in self.outputs.items()})
-        if self.embeddings is not None:
-            arrays["embeddings"] = self.embeddings
 
         def write(handle: Any) -> None:
             buffer = io.BytesIO()
@@ -232,16 +259,25 @@ class References:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise ModelFolderError(f"{path}: not a readable gate-reference file ({exc})") from exc
-        if int(arrays.get("format", -1)) != _FORMAT:
-            raise ModelFolderError(f"{path}: gate-reference format {arrays.get('format')!r} is not {_FORMAT}")
-        offsets, data_bytes = arrays["text_offsets"], arrays["text_bytes"].tobytes()
-        texts = tuple(data_bytes[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist()))
+        version = int(arrays.get("format", -1))
+        if version not in (1, _FORMAT):
+            raise ModelFolderError(f"{path}: gate-reference format {arrays.get('format')!r} is not 1 or {_FORMAT}")
+        if version == 1:  # one corpus, its arrays at the top level
+            prefixes = {_FIRST_CORPUS: ""}
+        else:
+            prefixes = {str(name): f"corpus/{name}/" for name in arrays["corpora"].tolist()}
+
+        def texts(prefix: str) -> tuple[str, ...]:
+            offsets, data_bytes = arrays[f"{prefix}text_offsets"], arrays[f"{prefix}text_bytes"].tobytes()
+            return tuple(data_bytes[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist()))
+
         return cls(
             batch={name: arrays[f"batch/{name}"] for name in interface.INPUT_NAMES if f"batch/{name}" in arrays},
             short_rows=int(arrays["short_rows"]),
             outputs={key.removeprefix("output/"): value for key, value in arrays.items() if key.startswith("output/")},
-            texts=texts,
-            embeddings=arrays.get("embeddings"),
+            corpora=tuple(
+                Corpus(name, texts(prefix), arrays.get(f"{prefix}embeddings")) for name, prefix in prefixes.items()
+            ),
         )
 
 
@@ -253,10 +289,11 @@ def gate_description(gate: Gate, references: References, max_length: int) -> str
     ids = references.batch["input_ids"]
     batch = f"the parity batch, {ids.shape[0]} rows of up to {ids.shape[1]} tokens"
     if gate.kind == choices.EMBEDDINGS:
+        texts = " and ".join(f"{len(c.texts)} real {c.name} texts" for c in references.corpora)
         return (
-            f"mean-pooled normalized sentence embeddings of {len(references.texts)} real paragraphs, batched as "
-            f"Encoder.embed batches, against PyTorch fp32; batch invariance on {INVARIANCE_TEXTS} of them alone "
-            f"vs batched and beside a {max_length}-token text"
+            f"mean-pooled normalized sentence embeddings of {texts}, batched as Encoder.embed batches, against "
+            f"PyTorch fp32; batch invariance on {INVARIANCE_TEXTS} of each alone vs batched and beside a "
+            f"{max_length}-token text"
         )
     if gate.kind == choices.TOKEN_COSINE:
         return f"per-token cosine to PyTorch fp32 on {batch}"
@@ -275,9 +312,9 @@ def measure(
     """Measure ``gate`` (a :class:`~bert_onnx.choices.Choice`'s) on ``forward`` against ``references``: at export
     against PyTorch's outputs of the moment, in ``verify`` and ``tune`` against the stored ones."""
     if gate.kind == choices.EMBEDDINGS:
-        if references.embeddings is None:
+        if not references.has_embeddings:
             raise ModelFolderError("gates.npz has no reference sentence embeddings (the folder has no int8 graph)")
-        return int8_checks(references.texts, references.embeddings, tokenizer, forward, max_length)
+        return int8_checks(references.corpora, tokenizer, forward, max_length)
     names = list(references.outputs)
     actual = references.select(dict(zip(names, forward(names, dict(references.batch)), strict=True)))
     assert gate.limit is not None  # Gate checks it for every kind but EMBEDDINGS

@@ -258,8 +258,9 @@ class Manifest:
         for name, variant in self.variants.items():
             if name not in choices.CHOICES or variant.file != choices.CHOICES[name].file:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: unknown variant {name!r} ({variant.file})")
-            if variant.file not in self.files:
-                raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {variant.file}")
+            for name_of_file in choices.CHOICES[name].all_files:
+                if name_of_file not in self.files:
+                    raise ModelFolderError(f"{interface.MANIFEST_FILE}: no checksum recorded for {name_of_file}")
             if not variant.passed:
                 raise ModelFolderError(f"{interface.MANIFEST_FILE}: variant {name!r} is stored but failed its gate")
         pooler = self.model_family.pooler

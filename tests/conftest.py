@@ -61,6 +61,17 @@ def variants_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def all_variants_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real pretrained weights (b) exported with ``--variants all`` (every choice this machine can gate; those that
+    miss their gate are left out, saying why), once per session."""
+    from bert_onnx.export import export_model
+
+    target = tmp_path_factory.mktemp("all-variants") / "model"
+    export_model(str(checkpoint_path("minilm")), target, variants="all", log=lambda m: None)
+    return target
+
+
+@pytest.fixture(scope="session")
 def torch_model() -> Callable[[str], Any]:
     """``torch_model(key)``: the checkpoint's transformers BertModel (eval, fp32, eager), loaded once."""
     from bert_onnx.export.graph import load_model

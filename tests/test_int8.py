@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bert_onnx import interface
 from bert_onnx.export import export_model
-from bert_onnx.export.int8 import quantizable_matmuls, quantize_per_row, quantize_weight
+from bert_onnx.export.int8 import quantizable_matmuls, quantize_asymmetric_weight, quantize_per_row, quantize_weight
 
 pytestmark = pytest.mark.fast  # the edit-loop tier: tiny checkpoint, in process
 
@@ -67,6 +67,45 @@ def test_each_row_is_quantized_on_its_own(unsigned_weights: bool) -> None:
     # The same row alone, or beside other rows, gives the same bits.
     alone = _run(quantized, x[0:1, 3:4])
     assert np.array_equal(alone[0][0, 0], y1[0, 3]) and np.array_equal(alone[1][0, 0], y2[0, 3])
+
+
+def _asymmetric_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Asymmetric rows (each over [min(x, 0), max(x, 0)], an integer zero point) times asymmetric columns."""
+    low = np.minimum(x.min(axis=-1, keepdims=True), 0)
+    high = np.maximum(x.max(axis=-1, keepdims=True), 0)
+    scale = np.maximum(high - low, 1e-30).astype(np.float32) * np.float32(1 / 255)
+    zero = np.minimum(np.rint(-low / scale), 255)
+    x_q = np.clip(np.rint(x / scale) + zero, 0, 255)
+    w_q, w_scale, w_zero = quantize_asymmetric_weight(w)
+    return ((x_q - zero) @ (w_q.astype(np.float64) - w_zero)) * w_scale * scale
+
+
+@pytest.mark.parametrize("unsigned_weights", [False, True])
+def test_asymmetric_rows_and_columns(unsigned_weights: bool) -> None:
+    model, w1, w2 = _two_matmuls(seed=4)
+    quantized = quantize_per_row(model, unsigned_weights=unsigned_weights, asymmetric=True)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 5, 48)).astype(np.float32)
+    x[0, 1] = np.abs(x[0, 1]) + 3  # a lopsided row (all positive), as after GELU
+    x[1, 2] *= 1000  # an outlier token
+    x[2, 4] = 0
+    y1, y2 = _run(quantized, x)
+    for y, w in ((y1, w1), (y2, w2)):
+        expected = _asymmetric_reference(x, w)
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        np.testing.assert_allclose(y, x @ w, atol=0.02 * np.abs(x @ w).max())
+    assert not y1[2, 4].any()
+    alone = _run(quantized, x[0:1, 1:2])  # a row's result does not depend on the other rows
+    assert np.array_equal(alone[0][0, 0], y1[0, 1]) and np.array_equal(alone[1][0, 0], y2[0, 1])
+
+
+def test_asymmetric_is_closer_than_symmetric_on_lopsided_rows() -> None:
+    model, w1, _ = _two_matmuls(seed=6)
+    x = np.abs(np.random.default_rng(7).normal(size=(4, 6, 48))).astype(np.float32)  # every row >= 0
+    exact = x @ w1
+    symmetric = _run(quantize_per_row(model), x)[0]
+    asymmetric = _run(quantize_per_row(model, asymmetric=True), x)[0]
+    assert np.abs(asymmetric - exact).mean() < np.abs(symmetric - exact).mean()
 
 
 def test_signed_and_unsigned_weights_compute_the_same_numbers() -> None:

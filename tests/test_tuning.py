@@ -23,7 +23,7 @@ from helpers import assert_error, run_cli
 from onnx import numpy_helper
 
 from bert_onnx import choices, interface, machine, tuning
-from bert_onnx.gates import References, selection
+from bert_onnx.gates import Corpus, References, selection
 from bert_onnx.manifest import Manifest, ModelFolderError, sha256_file
 from bert_onnx.runtime import Encoder, openvino_backend, profile
 
@@ -77,7 +77,11 @@ def test_references_round_trip_and_select_what_they_say(tmp_path: Path) -> None:
         "hidden_states.0": rng.normal(size=(3, 4, 5)).astype(np.float32),
     }
     texts = ["ascii", "héllo wörld", "日本語", ""]
-    refs = References.from_outputs(batch, outputs, short_rows=2, texts=texts, embeddings=np.ones((4, 5)))
+    corpora = [
+        Corpus("documentation", tuple(texts), np.ones((4, 5))),
+        Corpus("informal", ("lol", "ok"), np.ones((2, 5))),
+    ]
+    refs = References.from_outputs(batch, outputs, short_rows=2, corpora=corpora)
     # last_hidden_state: every row's real tokens (2 + 3 + 4); other hidden states: the 2 short rows' (2 + 3).
     assert refs.outputs[interface.LAST_HIDDEN_STATE].shape == (9, 5)
     assert refs.outputs["hidden_states.0"].shape == (5, 5)
@@ -86,9 +90,10 @@ def test_references_round_trip_and_select_what_they_say(tmp_path: Path) -> None:
     refs.save(tmp_path / "gates.npz")
     loaded = References.load(tmp_path / "gates.npz")
     assert loaded.texts == tuple(texts) and loaded.short_rows == 2
+    assert [(c.name, c.texts) for c in loaded.corpora] == [("documentation", tuple(texts)), ("informal", ("lol", "ok"))]
     for name, value in refs.outputs.items():
         np.testing.assert_array_equal(loaded.outputs[name], value)
-    assert loaded.embeddings is not None and loaded.embeddings.shape == (4, 5)
+    assert [c.embeddings.shape for c in loaded.corpora if c.embeddings is not None] == [(4, 5), (2, 5)]
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(ModelFolderError, match="not a readable gate-reference file"):
         References.load(tmp_path / "bad.npz")
@@ -101,7 +106,8 @@ def test_export_stores_references_that_match_its_own_graph(export_dir: Callable[
     assert interface.GATES_FILE in manifest.files
     refs = References.load(folder / interface.GATES_FILE)
     assert refs.batch["input_ids"].shape[1] == manifest.max_length and len(refs.texts) == 1000
-    assert refs.embeddings is None  # no int8 graph, no int8 reference
+    assert [c.name for c in refs.corpora] == ["documentation", "informal"] and len(refs.corpora[1].texts) == 1000
+    assert not refs.has_embeddings  # no int8 graph, no int8 reference
     encoder = Encoder(folder, variant="fp32")
     out = encoder.run(refs.batch["input_ids"], refs.batch["attention_mask"], refs.batch["token_type_ids"])
     mask = refs.batch["attention_mask"]

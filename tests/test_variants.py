@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from helpers import checkpoint_path, max_diffs, torch_reference
 
-from bert_onnx import choices, interface, machine
+from bert_onnx import choices, gates, interface, machine
 from bert_onnx.export import ExportError, export_model
 from bert_onnx.export.errors import VariantGateError
 from bert_onnx.manifest import Manifest, ModelFolderError
@@ -34,9 +34,7 @@ def test_manifest_records_every_variant_and_its_gate(variants_dir: Path) -> None
         assert (variants_dir / record.file).is_file()
     manifest.verify_files(variants_dir)
     assert {c.name for c in manifest.variants["int8"].checks} == {
-        "mean cosine",
-        "min cosine",
-        "top-10 agreement",
+        *(f"{corpus}: {name}" for corpus in ("documentation", "informal") for name in gates.INT8_GATE),
         "batch invariance max abs diff",
     }
     fused = manifest.extra["opt_fused_operators"]
@@ -53,17 +51,21 @@ def test_opt_matches_pytorch_on_every_output(variants_dir: Path, torch_model: Ca
     assert max(diffs.values()) <= interface.FP32_TOLERANCE, diffs
 
 
-def test_int8_gate_reproduces_through_the_runtime(variants_dir: Path, torch_model: Callable[[str], Any]) -> None:
-    """Re-measure the int8 gate on its corpus through Encoder.embed (runtime tokenizer, batching, pooling) against
-    PyTorch fp32 computed here in the same batches. The export measured the same numbers on this CPU in this session
-    through the same batching function, and per-token int8 is exact integer arithmetic, so they agree to rounding."""
+@pytest.mark.parametrize("corpus", ["documentation", "informal"])
+def test_int8_gate_reproduces_through_the_runtime(
+    variants_dir: Path, torch_model: Callable[[str], Any], corpus: str
+) -> None:
+    """Re-measure the int8 gate on each of its corpora through Encoder.embed (runtime tokenizer, batching, pooling)
+    against PyTorch fp32 computed here in the same batches. The export measured the same numbers on this CPU in this
+    session through the same batching function, and per-token int8 is exact integer arithmetic, so they agree to
+    rounding."""
     import torch
 
     from bert_onnx.export.corpus import split
     from bert_onnx.export.variants import GATE_TEXTS
     from bert_onnx.gates import INT8_GATE, embedding_quality, sentence_embeddings
 
-    texts, _ = split(GATE_TEXTS)
+    texts, _ = split(GATE_TEXTS, corpus=corpus)
     encoder = Encoder(variants_dir, variant="int8")
     model = torch_model("minilm")
 
@@ -77,7 +79,7 @@ def test_int8_gate_reproduces_through_the_runtime(variants_dir: Path, torch_mode
     recorded = {c.name: c.value for c in record.checks}
     for name, limit in INT8_GATE.items():
         assert quality[name] >= limit, (name, quality[name])
-        assert quality[name] == pytest.approx(recorded[name], abs=1e-6), name
+        assert quality[name] == pytest.approx(recorded[f"{corpus}: {name}"], abs=1e-6), name
     assert record.measured_on["isa"] == machine.instruction_sets()
 
 
@@ -160,9 +162,9 @@ def test_a_variant_that_misses_its_gate_fails_the_export_and_writes_nothing(
 
     # A gate no quantized model can meet, standing in for a checkpoint that int8 damages.
     monkeypatch.setattr(gates, "INT8_GATE", {**gates.INT8_GATE, "min cosine": 1.5})
-    with pytest.raises(VariantGateError, match=r"variant 'int8' failed its gate: min cosine") as caught:
+    with pytest.raises(VariantGateError, match=r"variant 'int8' failed its gate: documentation: min cosine") as caught:
         export_model(str(checkpoint_path("tiny")), tmp_path / "out", variants="int8", log=lambda m: None)
-    assert [c.name for c in caught.value.record.failures] == ["min cosine"]
+    assert [c.name for c in caught.value.record.failures] == ["documentation: min cosine", "informal: min cosine"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,6 +16,13 @@ choice is opened for its gate by the backend that runs it (:mod:`bert_onnx.runti
   per-token cosine >= 0.999 on every hidden state and pooler_output.
 - ``openvino-fp32`` / ``openvino-bf16``: no new file; OpenVINO compiling ``model.onnx`` at that precision. Gates:
   as fp32 (max abs diff <= 1e-4), and per-token cosine >= 0.9999 on every output for bf16.
+- ``opt-int8``: ``opt``'s fusions (SkipLayerNormalization, BiasGelu; attention as MultiHeadAttention, so the query,
+  key and value projections stay MatMuls) with every MatMul in per-token int8, as ``int8``. Gate: as ``int8``.
+- ``openvino-int8`` / ``openvino-int8-bf16``: NNCF's static int8 as an OpenVINO IR
+  (:mod:`bert_onnx.export.openvino_int8`), fp32 or bf16 for the rest. Gate: as ``int8``.
+
+Every embeddings gate is measured on two corpora, documentation paragraphs and short informal texts
+(:mod:`bert_onnx.export.corpus`).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def _fusion_options(config: Any) -> Any:
     return options
 
 
-def _optimized(fp32_path: Path, config: Any, use_gpu: bool = False) -> Any:
+def _optimized(fp32_path: Path, config: Any, use_gpu: bool = False, options: Any = None) -> Any:
     from onnxruntime.transformers.optimizer import optimize_model
 
     return optimize_model(
@@ -66,7 +73,7 @@ def _optimized(fp32_path: Path, config: Any, use_gpu: bool = False) -> Any:
         model_type=_fusion_type(config),
         num_heads=int(config.num_attention_heads),
         hidden_size=int(config.hidden_size),
-        optimization_options=_fusion_options(config),
+        optimization_options=options or _fusion_options(config),
         opt_level=0,  # our fusions only; ONNX Runtime applies its own graph optimizations at load
         use_gpu=use_gpu,
     )
@@ -93,15 +100,15 @@ def build_opt(fp32_path: Path, target: Path, config: Any) -> dict[str, int]:
 
 
 def build_int8(fp32_path: Path, target: Path, float_nodes: Sequence[str] = (), unsigned_weights: bool = False) -> None:
-    """Per-token int8 (:mod:`bert_onnx.export.int8`): each activation row quantized with its own scale, weights
-    per output column, signed or (``unsigned_weights``, for CPUs without VNNI) unsigned; ``float_nodes`` stay
-    fp32 (see :func:`int8_ladder`)."""
+    """Per-token int8 (:mod:`bert_onnx.export.int8`): each activation row quantized over its own [min, max], weights
+    per output column over theirs, signed or (``unsigned_weights``, for CPUs without VNNI) unsigned;
+    ``float_nodes`` stay fp32 (see :func:`int8_ladder`)."""
     import onnx
 
     from bert_onnx.export.int8 import quantize_per_row
 
     model = onnx.load(str(fp32_path))
-    onnx.save(quantize_per_row(model, float_nodes, unsigned_weights), str(target))
+    onnx.save(quantize_per_row(model, float_nodes, unsigned_weights, asymmetric=True), str(target))
 
 
 def int8_ladder(fp32_path: Path, down_projections: str, rungs: int = INT8_RUNGS) -> list[list[str]]:
@@ -142,7 +149,7 @@ def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
         build_int8(build.fp32_path, build.target, float_nodes, unsigned)
         _check_outputs(build.target, build.config)
         kept = f"{len(float_nodes)} FFN down-projection(s) kept in float: {', '.join(float_nodes) or 'none'}"
-        record = build.measure(f"per-token int8, {weights}, {kept}")
+        record = build.measure(f"per-token asymmetric int8, {weights}, {kept}")
         build.log(
             f"int8 with {len(float_nodes)} float down-projection(s): "
             + ", ".join(f"{c.name} {c.value:.4g}" for c in record.checks)
@@ -228,6 +235,54 @@ class Build:
         )
 
 
+def build_opt_int8(
+    fp32_path: Path, target: Path, config: Any, float_nodes: Sequence[str] = (), unsigned_weights: bool = False
+) -> dict[str, int]:
+    """``opt``'s fusions with attention as MultiHeadAttention, then every MatMul left (the query, key and value
+    projections too) in per-token int8, as :func:`build_int8`; returns the count of each fused operator."""
+    import onnx
+
+    from bert_onnx.export.int8 import quantize_per_row
+
+    options = _fusion_options(config)
+    options.use_multi_head_attention = True  # Attention would hold the QKV weights in float inside it
+    fused = _optimized(fp32_path, config, options=options)
+    quantized = quantize_per_row(fused.model, float_nodes, unsigned_weights, asymmetric=True)
+    onnx.save(quantized, str(target))
+    return {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
+
+
+def make_opt_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    """Climb :func:`int8_ladder` on the fused graph until it passes the gate, as :func:`make_int8`."""
+    unsigned = not machine.has_vnni()
+    weights = "u8 weights (this CPU has no VNNI)" if unsigned else "s8 weights (VNNI)"
+    record: VariantRecord | None = None
+    fused: dict[str, int] = {}
+    for float_nodes in int8_ladder(build.fp32_path, family_of(build.config).down_projections):
+        fused = build_opt_int8(build.fp32_path, build.target, build.config, float_nodes, unsigned)
+        _check_outputs(build.target, build.config)
+        kept = f"{len(float_nodes)} FFN down-projection(s) kept in float: {', '.join(float_nodes) or 'none'}"
+        graph = f"fused graph ({', '.join(sorted(fused))})"
+        record = build.measure(f"{graph}, per-token asymmetric int8, {weights}, {kept}")
+        build.log(
+            f"opt-int8 with {len(float_nodes)} float down-projection(s): "
+            + ", ".join(f"{c.name} {c.value:.4g}" for c in record.checks)
+        )
+        if record.passed:
+            break
+    assert record is not None
+    return record, {"int8_weights": "u8" if unsigned else "s8", "opt_int8_fused_operators": fused}
+
+
+def make_openvino_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    """NNCF's static int8 as an OpenVINO IR (:mod:`bert_onnx.export.openvino_int8`)."""
+    from bert_onnx.export import openvino_int8
+
+    rule = family_of(build.config).down_projections
+    down_projections = int8_ladder(build.fp32_path, rule, rungs=build.num_layers)[-1]
+    return openvino_int8.make_openvino_int8(build, down_projections, GATE_TEXTS)
+
+
 def make_opt(build: Build) -> tuple[VariantRecord, dict[str, object]]:
     fused = build_opt(build.fp32_path, build.target, build.config)
     return build.measure(), {"opt_fused_operators": fused}
@@ -250,5 +305,8 @@ MAKERS: dict[str, Callable[[Build], tuple[VariantRecord, dict[str, object]]]] = 
     "fp16": make_fp16,
     "openvino-fp32": gate_only,
     "openvino-bf16": gate_only,
+    "opt-int8": make_opt_int8,
+    "openvino-int8": make_openvino_int8,
+    "openvino-int8-bf16": make_openvino_int8,
 }
 assert set(MAKERS) == set(choices.NAMES) - {choices.DEFAULT}, "every choice but fp32 has a maker"

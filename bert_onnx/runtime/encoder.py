@@ -115,13 +115,15 @@ class Encoder:
         self.device, self.threads = device, threads
         model_file = self.choice_spec.file
         if verify:
-            self.manifest.verify_files(self.model_dir, [model_file, interface.TOKENIZER_FILE, interface.CONFIG_FILE])
+            used = [*self.choice_spec.all_files, interface.TOKENIZER_FILE, interface.CONFIG_FILE]
+            self.manifest.verify_files(self.model_dir, used)
         self.tokenizer = Tokenizer.from_file(
             self.model_dir / interface.TOKENIZER_FILE,
             pad_token_id=self.manifest.pad_token_id,
             input_names=self.manifest.input_names,
         )
-        check_domains(self.model_dir / model_file)
+        if model_file.endswith(".onnx"):  # an OpenVINO IR declares no ONNX domains (and loads no libraries)
+            check_domains(self.model_dir / model_file)
         cache_dir = default_cache_dir() if session_cache is True else Path(session_cache) if session_cache else None
         opening = backends.Opening(
             self.model_dir / model_file,

@@ -1,4 +1,5 @@
-"""OpenVINO as a second backend for the same ``model.onnx``: fp32, or bf16 on CPUs with bf16 units.
+"""OpenVINO as a second backend: ``model.onnx`` in fp32, or bf16 on CPUs with bf16 units; or the folder's own int8
+graph (an OpenVINO IR quantized by NNCF at export) with fp32 or bf16 for the rest.
 
 ONNX Runtime's CPU provider has no bf16 GEMM on x86; OpenVINO compiles the ONNX graph directly and, with
 ``INFERENCE_PRECISION_HINT=bf16``, runs its matrix products on AVX512_BF16 or AMX units while keeping inputs and
@@ -22,8 +23,10 @@ import numpy as np
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.manifest import ModelFolderError
 
-PRECISIONS = ("fp32", "bf16")
-_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# A precision is what OpenVINO computes in: fp32 or bf16 over model.onnx, or an int8 graph of the folder's own
+# (quantized at export) with fp32 or bf16 for the operations left in float.
+PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
 INSTALL_HINT = "pip install 'bert-onnx[openvino]'"
 
 
@@ -48,12 +51,12 @@ def cpu_capabilities() -> tuple[str, ...]:
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise InvalidValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "bf16":
+    if _HINTS[precision] == "bf16":
         capabilities = cpu_capabilities()
         if "BF16" not in capabilities:
             raise BackendError(
-                "precision='bf16' needs a CPU with bf16 units (AVX512_BF16 or AMX); OpenVINO reports this CPU's "
-                f"capabilities as {', '.join(capabilities)}. Use precision='fp32' here."
+                f"precision={precision!r} needs a CPU with bf16 units (AVX512_BF16 or AMX); OpenVINO reports this "
+                f"CPU's capabilities as {', '.join(capabilities)}. Use precision='fp32' here."
             )
 
 
