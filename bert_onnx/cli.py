@@ -244,6 +244,7 @@ def format_info(model_dir: Path, verify: bool) -> str:
         ("inputs", ", ".join(f"{n} {_axes(a)}" for n, a in manifest.inputs.items())),
         ("outputs", f"{len(manifest.outputs)}: " + ", ".join(manifest.outputs)),
         ("variants", ", ".join(manifest.variants)),
+        *((f"not stored: {name}", why) for name, why in manifest.extra.get("variants_not_stored", {}).items()),
         ("runs here", _picked_here(manifest)),
         ("checksums", "verified" if verify else "not checked (--no-verify)"),
     ]
