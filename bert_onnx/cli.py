@@ -269,6 +269,7 @@ def format_info(model_dir: Path, verify: bool) -> str:
         ("outputs", f"{len(manifest.outputs)}: " + ", ".join(manifest.outputs)),
         ("variants", ", ".join(manifest.variants)),
         *((f"  not offered: {name}", reason) for name, reason in manifest.model_family.not_offered.items()),
+        *((f"not stored: {name}", why) for name, why in manifest.extra.get("variants_not_stored", {}).items()),
         ("recipe", manifest.recipe.summary()),
         *_prompt_rows(manifest.recipe),
         ("runs here", _picked_here(manifest)),
