@@ -140,24 +140,37 @@ def torch_sentence_embeddings(model: Any, texts: Sequence[str], tokenizer: Token
     return sentence_embeddings(texts, tokenizer, torch_run, max_length)
 
 
-def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
-    """Climb :func:`int8_ladder` until a quantized graph passes the gate; the last failure if none does."""
+def _climb(
+    build: Build, label: str, write: Callable[[Sequence[str], bool], str]
+) -> tuple[VariantRecord, dict[str, object]]:
+    """Climb :func:`int8_ladder` until the graph ``write(float_nodes, unsigned)`` builds (and describes) passes the
+    gate; the last failure if none does."""
     unsigned = not machine.has_vnni()
     weights = "u8 weights (this CPU has no VNNI)" if unsigned else "s8 weights (VNNI)"
     record: VariantRecord | None = None
     for float_nodes in int8_ladder(build.fp32_path, family_of(build.config).down_projections):
-        build_int8(build.fp32_path, build.target, float_nodes, unsigned)
+        graph = write(float_nodes, unsigned)
         _check_outputs(build.target, build.config)
         kept = f"{len(float_nodes)} FFN down-projection(s) kept in float: {', '.join(float_nodes) or 'none'}"
-        record = build.measure(f"per-token asymmetric int8, {weights}, {kept}")
+        record = build.measure(f"{graph}per-token asymmetric int8, {weights}, {kept}")
         build.log(
-            f"int8 with {len(float_nodes)} float down-projection(s): "
+            f"{label} with {len(float_nodes)} float down-projection(s): "
             + ", ".join(f"{c.name} {c.value:.4g}" for c in record.checks)
         )
         if record.passed:
             break
     assert record is not None
     return record, {"int8_weights": "u8" if unsigned else "s8"}
+
+
+def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
+    """Per-token int8 on the exported graph, climbing :func:`int8_ladder` until it passes the gate."""
+
+    def write(float_nodes: Sequence[str], unsigned: bool) -> str:
+        build_int8(build.fp32_path, build.target, float_nodes, unsigned)
+        return ""
+
+    return _climb(build, "int8", write)
 
 
 # -- fp16 --------------------------------------------------------------------------------------------------------
@@ -253,25 +266,15 @@ def build_opt_int8(
 
 
 def make_opt_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
-    """Climb :func:`int8_ladder` on the fused graph until it passes the gate, as :func:`make_int8`."""
-    unsigned = not machine.has_vnni()
-    weights = "u8 weights (this CPU has no VNNI)" if unsigned else "s8 weights (VNNI)"
-    record: VariantRecord | None = None
+    """Per-token int8 on the fused graph, climbing :func:`int8_ladder` as :func:`make_int8` does."""
     fused: dict[str, int] = {}
-    for float_nodes in int8_ladder(build.fp32_path, family_of(build.config).down_projections):
-        fused = build_opt_int8(build.fp32_path, build.target, build.config, float_nodes, unsigned)
-        _check_outputs(build.target, build.config)
-        kept = f"{len(float_nodes)} FFN down-projection(s) kept in float: {', '.join(float_nodes) or 'none'}"
-        graph = f"fused graph ({', '.join(sorted(fused))})"
-        record = build.measure(f"{graph}, per-token asymmetric int8, {weights}, {kept}")
-        build.log(
-            f"opt-int8 with {len(float_nodes)} float down-projection(s): "
-            + ", ".join(f"{c.name} {c.value:.4g}" for c in record.checks)
-        )
-        if record.passed:
-            break
-    assert record is not None
-    return record, {"int8_weights": "u8" if unsigned else "s8", "opt_int8_fused_operators": fused}
+
+    def write(float_nodes: Sequence[str], unsigned: bool) -> str:
+        fused.update(build_opt_int8(build.fp32_path, build.target, build.config, float_nodes, unsigned))
+        return f"fused graph ({', '.join(sorted(fused))}), "
+
+    record, details = _climb(build, "opt-int8", write)
+    return record, {**details, "opt_int8_fused_operators": fused}
 
 
 def make_openvino_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:
