@@ -294,12 +294,9 @@ def export_model(
     every output within 1e-4 (:class:`ParityError` otherwise, and nothing is written). An existing ``output``
     is replaced only with ``force`` and only if it is empty or a previous export.
 
-    ``variants`` adds faster ways of running beside ``model.onnx`` (choices of :mod:`bert_onnx.choices`: "opt",
-    "int8", "opt-int8", "fp16", "openvino-int8", ...; see :mod:`bert_onnx.export.variants`); each named one must
-    pass its own gate or the export fails (:class:`VariantGateError`). ``"all"`` builds every choice whose gate can
-    be measured on this machine and stores those that pass it; the others are logged with the reason and listed
-    in the manifest's ``extra["variants_not_stored"]``.
-    Progress and the parity tables go to ``log`` (default: the ``bert_onnx.export.pipeline`` logger at INFO).
+    ``variants`` adds faster ways of running (:mod:`bert_onnx.choices`); each named one must pass its own gate or
+    the export fails (:class:`VariantGateError`). ``"all"`` stores every choice whose gate can be measured here and
+    passes; the others are logged and listed in ``extra["variants_not_stored"]``. Progress goes to ``log``.
 
     A sentence-transformers checkpoint's recipe (pooling, Dense layers, normalization, length, prompts) is read
     and recorded as the folder's default (:mod:`bert_onnx.export.sentence_transformers`); what it cannot apply
@@ -332,29 +329,17 @@ def export_model(
 
     with staging_dir(output) as staged:
         step("converting the tokenizer")
-        converted = convert_tokenizer(checkpoint.path, int(config.vocab_size), staged / interface.TOKENIZER_FILE)
-        layout = read_layout(
-            checkpoint.path, int(config.hidden_size), max_length, converted.model_max_length, allow_unknown_modules
+        converted, layout, recipe_files = _tokenizer_and_recipe(
+            checkpoint.path, config, max_length, staged, allow_unknown_modules, log
         )
-        recipe_files = layout.write(staged)
-        if layout.record.carried:
-            log(f"recipe: {layout.record.summary()}")
         atomic_write_text(staged / interface.CONFIG_FILE, config.to_json_string())
         step(f"exporting {num_layers} layers, hidden size {config.hidden_size}, opset {opset}")
         export_graph(pytorch_model, staged / interface.MODEL_FILE, opset=opset)
         step("validating every output against PyTorch")
-        report, parity_batch, expected = parity(
-            pytorch_model, staged / interface.MODEL_FILE, converted.reference, max_length
-        )
-        log(report.description)
-        log(report.table())
-        if not report.passed:
-            raise ParityError(report)
+        report, parity_batch, expected = _parity(pytorch_model, staged, converted.reference, max_length, log)
         measured_on = _measured_on()
         fp32 = VariantRecord.from_parity(interface.MODEL_FILE, choices.get(choices.DEFAULT).devices, report)
-        runtime_tokenizer = Tokenizer.from_file(
-            staged / interface.TOKENIZER_FILE, converted.pad_token_id, input_names=input_names
-        )
+        runtime_tokenizer = Tokenizer.from_file(staged / interface.TOKENIZER_FILE, converted.pad_token_id, input_names)
         embedded = any(choices.get(name).gate.kind == choices.EMBEDDINGS for name in chosen)
         corpora = gate_corpora(pytorch_model, runtime_tokenizer, max_length, embedded, step)
         rows = int(parity_batch["input_ids"].shape[0])
@@ -372,6 +357,32 @@ def export_model(
         install_dir(staged, output, replace=force)
     step(f"wrote {output}")
     return manifest
+
+
+def _parity(
+    model: Any, staged: Path, tokenizer: Any, max_length: int, log: Callable[[str], None]
+) -> tuple[ParityReport, dict[str, Any], dict[str, Any]]:
+    """Every output of the fp32 graph against PyTorch (:class:`ParityError` if one misses): the report, the parity
+    batch and PyTorch's outputs on it."""
+    report, batch, expected = parity(model, staged / interface.MODEL_FILE, tokenizer, max_length)
+    log(report.description)
+    log(report.table())
+    if not report.passed:
+        raise ParityError(report)
+    return report, batch, expected
+
+
+def _tokenizer_and_recipe(
+    path: Path, config: Any, max_length: int, staged: Path, allow_unknown: bool, log: Callable[[str], None]
+) -> tuple[Any, Any, list[str]]:
+    """The checkpoint's tokenizer, converted into the folder, and its sentence-transformers recipe, read and its
+    files written: (the conversion, the layout, the recipe's files)."""
+    converted = convert_tokenizer(path, int(config.vocab_size), staged / interface.TOKENIZER_FILE)
+    layout = read_layout(path, int(config.hidden_size), max_length, converted.model_max_length, allow_unknown)
+    recipe_files = list(layout.write(staged))
+    if layout.record.carried:
+        log(f"recipe: {layout.record.summary()}")
+    return converted, layout, recipe_files
 
 
 def _offered(family: Any, chosen: tuple[str, ...], all_mode: bool, log: Callable[[str], None]) -> tuple[str, ...]:
