@@ -76,10 +76,12 @@ def _graph(op: str, m: int, k: int, n: int, weight: np.ndarray) -> Any:
 
 
 def _per_token_graph(m: int, k: int, n: int, weight: np.ndarray) -> Any:
-    """One float MatMul turned into the per-token int8 subgraph by the export's own function."""
+    """One float MatMul turned into the per-token int8 subgraph by the export's own function, with the export's
+    recipe (asymmetric rows and columns: bert_onnx.export.variants.build_int8)."""
     from bert_onnx.export.int8 import quantize_per_row
 
-    return quantize_per_row(_graph("MatMul", m, k, n, weight), unsigned_weights=not machine.has_vnni())
+    graph = _graph("MatMul", m, k, n, weight)
+    return quantize_per_row(graph, unsigned_weights=not machine.has_vnni(), asymmetric=True)
 
 
 def _onnxruntime(model: Any, threads: int, activation: np.ndarray) -> Callable[[], object]:
