@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 checkpoints: $(CHECKPOINTS)
 
-$(CHECKPOINTS): scripts/prepare_checkpoints.py scripts/checkpoints_st.py | $(STAMP)
+$(CHECKPOINTS): scripts/prepare_checkpoints.py scripts/checkpoints_families.py scripts/checkpoints_st.py | $(STAMP)
 	$(PY) scripts/prepare_checkpoints.py $(CACHE)/checkpoints
 	touch $@
 

@@ -1,37 +1,68 @@
-"""What this CPU can do at best: ONNX Runtime GEMM throughput in fp32 and int8, for the shapes BERT runs.
+"""What this CPU can do at best: GEMM throughput in fp32, int8 and bf16, for the shapes BERT runs.
 
     python -m benchmarks.ceilings [--threads 2] [--repeats 20]
 
-Times single-node graphs: fp32 ``MatMul``, int8 ``MatMulInteger`` (u8 activations × s8 weights, what dynamic
-quantization emits) and ``DynamicQuantizeMatMul`` (the fused op ONNX Runtime runs for it, quantization of the
-activations included), at bert-base's feed-forward shape (1024 tokens × 768 → 3072) and a large square one. The
-machine description in the results lists the instruction sets the CPU exposes: without VNNI the int8 kernels fall
-back to AVX2 and the int8 ceiling drops.
+Times single-GEMM graphs, interleaved round by round, at bert-base's feed-forward shape (1024 tokens × 768 → 3072)
+and a large square one:
+
+- ONNX Runtime fp32 ``MatMul``;
+- ONNX Runtime int8 ``MatMulInteger`` (u8 activations × s8 weights, what dynamic quantization emits) and
+  ``DynamicQuantizeMatMul`` (the fused op ONNX Runtime runs for it, quantization of the activations included);
+- the per-token int8 path our int8 export builds (:func:`bert_onnx.export.int8.quantize_per_row` applied to one
+  MatMul: per-row absmax, ``QuantizeLinear`` with a scale per row, ``MatMulIntegerToFloat``, the row-scale ``Mul``),
+  with the weight type the export picks on this CPU (s8 with VNNI, u8 without);
+- OpenVINO fp32 and bf16: one ``MatMul`` graph compiled with ``INFERENCE_PRECISION_HINT`` f32 or bf16 (bf16 where
+  OpenVINO reports BF16). OpenVINO runs bf16 GEMM on AMX tiles where the CPU has them (``amx_bf16``), on
+  AVX512_BF16 otherwise; the results record which of those flags ``/proc/cpuinfo`` shows.
+
+Without VNNI the int8 kernels fall back to AVX2 and the int8 ceiling drops; the machine description in the results
+lists the instruction sets the CPU exposes.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import time
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.results_io import write_results
+from benchmarks import harness
+from benchmarks.harness import Column
+from benchmarks.results_io import cpu_flags
+from bert_onnx import machine, timing
 
 SHAPES = {"bert FFN 1024×768·768×3072": (1024, 768, 3072), "square 2048": (2048, 2048, 2048)}
+REFERENCE = "fp32 MatMul"
+KERNEL_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+COLUMNS = [
+    Column("kernel", "kernel"),
+    Column("engine", "engine"),
+    Column("shape", "shape"),
+    Column("median ms", "median_ms", ".2f"),
+    Column("GFLOP/s or GOP/s", "g_ops_per_s", ".0f"),
+    Column(f"× {REFERENCE}", "x_fp32_matmul", ".2f"),
+]
 
 
-def _graph(op: str, m: int, k: int, n: int, weight: np.ndarray) -> bytes:
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers: list[Any]) -> Any:
     import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "ceiling", inputs, outputs, initializers)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _graph(op: str, m: int, k: int, n: int, weight: np.ndarray) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     initializers = [numpy_helper.from_array(weight, "B")]
     if op == "MatMul":
-        a_type, node = TensorProto.FLOAT, helper.make_node("MatMul", ["A", "B"], ["Y"])
+        a_type, node = TensorProto.FLOAT, helper.make_node("MatMul", ["A", "B"], ["Y"], name="MatMul")
         y_type = TensorProto.FLOAT
     elif op == "MatMulInteger":
         a_type, y_type = TensorProto.UINT8, TensorProto.INT32
@@ -40,79 +71,111 @@ def _graph(op: str, m: int, k: int, n: int, weight: np.ndarray) -> bytes:
         a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
         initializers.append(numpy_helper.from_array(np.full((n,), 0.01, np.float32), "scale"))
         node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "scale"], ["Y"], domain="com.microsoft")
-    graph = helper.make_graph(
-        [node],
-        op,
-        [helper.make_tensor_value_info("A", a_type, [m, k])],
-        [helper.make_tensor_value_info("Y", y_type, [m, n])],
-        initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    return bytes(onnx.shape_inference.infer_shapes(model).SerializeToString())
+    inputs = [helper.make_tensor_value_info("A", a_type, [m, k])]
+    return _model([node], inputs, [helper.make_tensor_value_info("Y", y_type, [m, n])], initializers)
 
 
-def run(threads: int, repeats: int) -> list[dict[str, Any]]:
+def _per_token_graph(m: int, k: int, n: int, weight: np.ndarray) -> Any:
+    """One float MatMul turned into the per-token int8 subgraph by the export's own function."""
+    from bert_onnx.export.int8 import quantize_per_row
+
+    return quantize_per_row(_graph("MatMul", m, k, n, weight), unsigned_weights=not machine.has_vnni())
+
+
+def _onnxruntime(model: Any, threads: int, activation: np.ndarray) -> Callable[[], object]:
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"A": activation})
+
+
+def _openvino(model: Any, precision: str, threads: int, activation: np.ndarray) -> Callable[[], object]:
+    import onnx
+    import openvino
+
+    core = openvino.Core()
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(model, str(Path(tmp) / "matmul.onnx"))
+        compiled = core.compile_model(core.read_model(str(Path(tmp) / "matmul.onnx")), "CPU", config)
+    effective = compiled.get_property("INFERENCE_PRECISION_HINT")
+    effective = effective.to_string() if hasattr(effective, "to_string") else str(effective)
+    if effective != precision:  # OpenVINO compiles f32 where it cannot do bf16: that is not a bf16 ceiling
+        raise RuntimeError(f"asked OpenVINO for {precision}, it compiled {effective}")
+    request = compiled.create_infer_request()
+    return lambda: request.infer({"A": activation}, share_inputs=True, share_outputs=True)
+
+
+def bf16_units() -> str:
+    """Which bf16 GEMM units the CPU shows: AMX tiles, AVX512_BF16, or none."""
+    flags = cpu_flags()
+    return "AMX" if "amx_bf16" in flags else "AVX512_BF16" if "avx512_bf16" in flags else "none"
+
+
+def kernels(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> dict[str, tuple[str, Callable]]:
+    """Every kernel at one shape: name -> (engine, a call running it once)."""
+    float_weight = rng.standard_normal((k, n), dtype=np.float32)
+    int8_weight = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    float_activation = rng.standard_normal((m, k), np.float32)
+    weights = "u8" if not machine.has_vnni() else "s8"
+    found: dict[str, tuple[str, Callable]] = {
+        REFERENCE: ("onnxruntime", _onnxruntime(_graph("MatMul", m, k, n, float_weight), threads, float_activation)),
+        "int8 MatMulInteger u8×s8": (
+            "onnxruntime",
+            _onnxruntime(
+                _graph("MatMulInteger", m, k, n, int8_weight), threads, rng.integers(0, 256, (m, k), dtype=np.uint8)
+            ),
+        ),
+        "int8 DynamicQuantizeMatMul": (
+            "onnxruntime",
+            _onnxruntime(_graph("DynamicQuantizeMatMul", m, k, n, int8_weight), threads, float_activation),
+        ),
+        f"int8 per-token (export's subgraph, {weights} weights)": (
+            "onnxruntime",
+            _onnxruntime(_per_token_graph(m, k, n, float_weight), threads, float_activation),
+        ),
+    }
+    hints = {"fp32": "f32", "bf16": "bf16"}
+    for precision in harness.openvino_precisions():
+        units = f", {bf16_units()}" if precision == "bf16" else ""
+        model = _graph("MatMul", m, k, n, float_weight)
+        found[f"{precision} MatMul (OpenVINO{units})"] = (
+            "openvino",
+            _openvino(model, hints[precision], threads, float_activation),
+        )
+    return found
+
+
+def run(threads: int, repeats: int, warmup: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     rows = []
     for label, (m, k, n) in SHAPES.items():
-        cases: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            "fp32 MatMul": (rng.standard_normal((k, n), dtype=np.float32), rng.standard_normal((m, k), np.float32)),
-            "int8 MatMulInteger u8×s8": (
-                rng.integers(-127, 128, (k, n), dtype=np.int8),
-                rng.integers(0, 256, (m, k), dtype=np.uint8),
-            ),
-            "int8 DynamicQuantizeMatMul": (
-                rng.integers(-127, 128, (k, n), dtype=np.int8),
-                rng.standard_normal((m, k), np.float32),
-            ),
-        }
-        for name, (weight, activation) in cases.items():
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            op = name.split()[1]
-            session = ort.InferenceSession(_graph(op, m, k, n, weight), options, providers=["CPUExecutionProvider"])
-            for _ in range(3):
-                session.run(None, {"A": activation})
-            samples = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                session.run(None, {"A": activation})
-                samples.append(time.perf_counter() - started)
-            median = statistics.median(samples)
-            rows.append(
-                {
-                    "kernel": name,
-                    "shape": label,
-                    "threads": threads,
-                    "median_ms": median * 1e3,
-                    "g_ops_per_s": 2 * m * k * n / median / 1e9,
-                }
-            )
+        found = kernels(m, k, n, threads, rng)
+        timings = timing.compare({name: call for name, (_, call) in found.items()}, repeats, warmup=warmup)
+        for name, measured in timings.items():
+            row = {"kernel": name, "engine": found[name][0], "shape": label, "threads": threads}
+            row.update(harness.timing_row(measured))
+            row["g_ops_per_s"] = 2 * m * k * n / measured.median / 1e9
+            row["x_fp32_matmul"] = harness.ratio(timings, name, REFERENCE)
+            rows.append(row)
+        harness.note(f"{label}: {len(timings)} kernels, {repeats} rounds")
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| kernel | shape | median ms | GFLOP/s or GOP/s |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['kernel']} | {r['shape']} | {r['median_ms']:.2f} | {r['g_ops_per_s']:.0f} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser = harness.arguments(__doc__, model_dir=None, repeats=20, label=False)
+    parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
-    rows = run(args.threads, args.repeats)
-    from benchmarks.results_io import machine
-
-    label = f"GEMM ceilings, ONNX Runtime CPU, {args.threads} threads, ISA: {', '.join(machine()['isa'])}"
-    write_results(args.out, "ceilings", {"rows": rows}, markdown(rows), label)
+    rows = run(args.threads, args.repeats, args.warmup)
+    flags = {flag: flag in cpu_flags() for flag in KERNEL_FLAGS}
+    label = (
+        f"GEMM ceilings, ONNX Runtime and OpenVINO on the CPU, {args.threads} threads, {args.repeats} interleaved "
+        f"rounds; bf16 units: {bf16_units()}; CPU flags: {', '.join(f for f, shown in flags.items() if shown)}"
+    )
+    result = {"bf16_units": bf16_units(), "cpu_flags": flags, "rows": rows}
+    harness.write(args.out, "ceilings", result, harness.table(rows, COLUMNS), label)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ embeds 'I love Korea' once; it reports the seconds from before the import to aft
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -19,7 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results_io import write_results
+from benchmarks import harness
+from benchmarks.harness import Column
 
 CHILD = """
 import json, sys, time
@@ -31,6 +31,12 @@ encoder = Encoder(folder, variant=variant, session_cache=False if cache == "off"
 encoder.embed(["I love Korea"])
 print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": vm_hwm_mb()}))
 """
+COLUMNS = [
+    Column("variant", "variant"),
+    Column("session cache", "session_cache"),
+    Column("load + first call s", "load_and_first_call_s", ".2f"),
+    Column("peak RSS MB", "peak_rss_mb", ".0f"),
+]
 
 
 def _once(model_dir: Path, variant: str, cache: str) -> dict[str, float]:
@@ -42,15 +48,11 @@ def _once(model_dir: Path, variant: str, cache: str) -> dict[str, float]:
 
 
 def run(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
-    from bert_onnx.manifest import Manifest
-
     rows = []
-    for variant, record in Manifest.read(model_dir).variants.items():
-        if "cpu" not in record.devices:
-            continue
+    for variant in harness.cpu_graphs(model_dir):
         samples: dict[str, list[dict[str, float]]] = {"off": [], "cold": [], "warm": []}
         for _ in range(repeats):
-            with tempfile.TemporaryDirectory() as cache:
+            with tempfile.TemporaryDirectory() as cache:  # cold writes the cache that warm then reads
                 samples["off"].append(_once(model_dir, variant, "off"))
                 samples["cold"].append(_once(model_dir, variant, cache))
                 samples["warm"].append(_once(model_dir, variant, cache))
@@ -64,34 +66,16 @@ def run(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
                     "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
                 }
             )
-            print(rows[-1], file=sys.stderr, flush=True)
+            harness.note(str(rows[-1]))
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| variant | session cache | load + first call s | peak RSS MB |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['session_cache']} | {r['load_and_first_call_s']:.2f} | {r['peak_rss_mb']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser = harness.arguments(__doc__, threads=None, repeats=3)
     args = parser.parse_args()
     rows = run(args.model_dir, args.repeats)
-    write_results(
-        args.out,
-        "load",
-        {"model": {"dir": str(args.model_dir), "label": args.label}, "rows": rows},
-        markdown(rows),
-        args.label,
-    )
+    result = {"model": {"dir": str(args.model_dir), "label": args.label}, "rows": rows}
+    harness.write(args.out, "load", result, harness.table(rows, COLUMNS), args.label)
 
 
 if __name__ == "__main__":

@@ -12,27 +12,24 @@ Optimum cannot be installed beside our export tools: optimum-onnx 0.1.0 requires
 
 Engines embed the same real paragraphs (mean pooling, normalized, batches of 32): PyTorch eager in input order and
 length-sorted, Optimum (exported here by its own exporter, default options, length-sorted batches, which is its
-best case; its model returns ``last_hidden_state`` only) and every CPU variant of ours (all outputs available).
+best case; its model returns ``last_hidden_state`` only) and every CPU variant of ours (all outputs available),
+timed, compared and tabled as ``benchmarks.corpus`` does (:func:`benchmarks.corpus.docs_rows`).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.results_io import write_results
+from benchmarks import harness
+from benchmarks.corpus import BATCH, COLUMNS, PYTORCH, PYTORCH_SORTED, docs_rows
 
-BATCH = 32
+PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "tokenizers")
 
 
 def _mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -57,7 +54,6 @@ def engines(checkpoint: Path, model_dir: Path, workdir: Path, threads: int) -> d
     from optimum.onnxruntime import ORTModelForFeatureExtraction
     from transformers import AutoModel, AutoTokenizer
 
-    from bert_onnx.manifest import Manifest
     from bert_onnx.runtime import Encoder
 
     torch.set_num_threads(threads)
@@ -86,14 +82,13 @@ def engines(checkpoint: Path, model_dir: Path, workdir: Path, threads: int) -> d
         return sorted(range(len(texts)), key=lambda i: len(texts[i]))
 
     found: dict[str, Callable[[list[str]], Any]] = {
-        "pytorch-eager-input-order": lambda t: _batched(t, list(range(len(t))), tokenizer, torch_forward, dim),
-        "pytorch-eager-length-sorted": lambda t: _batched(t, by_length(t), tokenizer, torch_forward, dim),
+        PYTORCH: lambda t: _batched(t, list(range(len(t))), tokenizer, torch_forward, dim),
+        PYTORCH_SORTED: lambda t: _batched(t, by_length(t), tokenizer, torch_forward, dim),
         "optimum-ort-length-sorted": lambda t: _batched(t, by_length(t), tokenizer, optimum_forward, dim),
     }
-    for variant, record in Manifest.read(model_dir).variants.items():
-        if "cpu" in record.devices:
-            encoder = Encoder(model_dir, threads=threads, variant=variant)
-            found[f"bert-onnx-{variant}"] = partial(encoder.embed, pooling="mean", normalize=True, batch_size=BATCH)
+    for variant in harness.cpu_graphs(model_dir):
+        encoder = Encoder(model_dir, threads=threads, variant=variant)
+        found[f"bert-onnx-{variant}"] = partial(encoder.embed, pooling="mean", normalize=True, batch_size=BATCH)
     return found
 
 
@@ -102,66 +97,16 @@ def run(checkpoint: Path, model_dir: Path, count: int, repeats: int, threads: in
 
     texts = list(documentation_paragraphs())[:count]
     with tempfile.TemporaryDirectory() as tmp:
-        found = engines(checkpoint, model_dir, Path(tmp), threads)
-        names = list(found)
-        times: dict[str, list[float]] = {name: [] for name in names}
-        vectors: dict[str, np.ndarray] = {}
-        for repeat in range(repeats):
-            for name in names if repeat % 2 == 0 else names[::-1]:
-                started = time.perf_counter()
-                vectors[name] = np.asarray(found[name](texts))
-                times[name].append(time.perf_counter() - started)
-    reference = vectors["pytorch-eager-input-order"].astype(np.float64)
-    eager = statistics.median(times["pytorch-eager-input-order"])
-    eager_sorted = statistics.median(times["pytorch-eager-length-sorted"])
-    rows = []
-    for name in names:
-        median = statistics.median(times[name])
-        cosines = (vectors[name].astype(np.float64) * reference).sum(1)
-        rows.append(
-            {
-                "engine": name,
-                "texts": len(texts),
-                "threads": threads,
-                "repeats": repeats,
-                "docs_per_s": len(texts) / median,
-                "x_pytorch_input_order": eager / median,
-                "x_pytorch_length_sorted": eager_sorted / median,
-                "mean_cosine": float(cosines.mean()),
-                "min_cosine": float(cosines.min()),
-            }
-        )
-    return rows
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| engine | docs/s | × PyTorch input order | × PyTorch sorted | mean cos | min cos |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['engine']} | {r['docs_per_s']:.1f} | {r['x_pytorch_input_order']:.2f} | "
-            f"{r['x_pytorch_length_sorted']:.2f} | {r['mean_cosine']:.5f} | {r['min_cosine']:.5f} |"
-        )
-    return "\n".join(lines)
+        return docs_rows(engines(checkpoint, model_dir, Path(tmp), threads), texts, repeats, threads)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, required=True, help="bert-onnx export of the same checkpoint")
+    parser = harness.arguments(__doc__, checkpoint="required", repeats=3)
     parser.add_argument("--texts", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     rows = run(args.checkpoint, args.model_dir, args.texts, args.repeats, args.threads)
-    packages = ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "tokenizers")
-    versions = {p: metadata.version(p) for p in packages}
-    result = {"versions": versions, "model": {"checkpoint": str(args.checkpoint), "label": args.label}, "rows": rows}
-    write_results(args.out, "peers", result, markdown(rows), args.label)
+    result = {"model": {"checkpoint": str(args.checkpoint), "label": args.label}, "rows": rows}
+    harness.write(args.out, "peers", result, harness.table(rows, COLUMNS), args.label, PACKAGES)
 
 
 if __name__ == "__main__":

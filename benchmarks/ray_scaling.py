@@ -13,13 +13,22 @@ execution), which a long job amortises and this short one does not. Best of ``--
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results_io import write_results
+from benchmarks import harness
+from benchmarks.harness import Column
+from bert_onnx import timing
+
+COLUMNS = [
+    Column("engine", "engine"),
+    Column("CPUs", "cpus"),
+    Column("docs/s", "docs_per_s", ".1f"),
+    Column("docs/s per CPU", "docs_per_s_per_cpu", ".1f"),
+    Column("per CPU vs single process", "per_cpu_vs_single_process", ".2f"),
+]
 
 
 def run(model_dir: Path, count: int, variant: str | None, repeats: int, rows_per_call: int) -> list[dict[str, Any]]:
@@ -34,28 +43,26 @@ def run(model_dir: Path, count: int, variant: str | None, repeats: int, rows_per
     cpus = os.cpu_count() or 1
     rows: list[dict[str, Any]] = []
 
-    def record(engine: str, used_cpus: int, seconds: float) -> None:
+    def record(engine: str, used_cpus: int, measured: timing.Timing) -> None:
+        seconds = measured.best  # best of the repeats: start-up noise only ever makes a run slower
+        docs_per_s = len(texts) / seconds
         rows.append(
             {
                 "engine": engine,
                 "cpus": used_cpus,
                 "texts": len(texts),
                 "seconds": seconds,
-                "docs_per_s": len(texts) / seconds,
-                "docs_per_s_per_cpu": len(texts) / seconds / used_cpus,
+                "docs_per_s": docs_per_s,
+                "docs_per_s_per_cpu": docs_per_s / used_cpus,
             }
         )
-        print(rows[-1], flush=True)
+        harness.note(str(rows[-1]))
 
     for threads in sorted({1, cpus}):
         encoder = Encoder(model_dir, threads=threads, variant=variant)
-        encoder.embed(texts[:64])
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            encoder.embed(texts)
-            times.append(time.perf_counter() - started)
-        record(f"single process, {threads} thread(s)", threads, min(times))
+        encoder.embed(texts[:64])  # a short warm-up; the timed calls embed every text
+        measured = timing.compare({"embed": partial(encoder.embed, texts)}, repeats, warmup=0)["embed"]
+        record(f"single process, {threads} thread(s)", threads, measured)
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -72,12 +79,13 @@ def run(model_dir: Path, count: int, variant: str | None, repeats: int, rows_per
                 concurrency=actors,
                 num_cpus=per_actor,
             )
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
+
+            def materialize(dataset: Any = dataset) -> None:
                 assert dataset.materialize().count() == len(texts)
-                times.append(time.perf_counter() - started)
-            record(f"ray, {actors} actor(s) × {per_actor} CPU", actors * per_actor, min(times))
+
+            # no warm-up: every Ray run starts its actors and loads the model in them, which is what is measured
+            measured = timing.compare({"ray": materialize}, repeats, warmup=0)["ray"]
+            record(f"ray, {actors} actor(s) × {per_actor} CPU", actors * per_actor, measured)
     finally:
         ray.shutdown()
     base = {r["cpus"]: r["docs_per_s_per_cpu"] for r in rows if r["engine"].startswith("single")}
@@ -86,29 +94,15 @@ def run(model_dir: Path, count: int, variant: str | None, repeats: int, rows_per
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| engine | CPUs | docs/s | docs/s per CPU | per CPU vs single process |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['engine']} | {r['cpus']} | {r['docs_per_s']:.1f} | {r['docs_per_s_per_cpu']:.1f} | "
-            f"{r['per_cpu_vs_single_process']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True)
+    parser = harness.arguments(__doc__, threads=None, repeats=2)
     parser.add_argument("--texts", type=int, default=5000, help="documentation paragraphs, cycled (default: 5000)")
     parser.add_argument("--variant", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rows-per-call", type=int, default=256, help="map_batches batch_size (default: 256)")
-    parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     rows = run(args.model_dir, args.texts, args.variant, args.repeats, args.rows_per_call)
     result = {"model": {"dir": str(args.model_dir), "label": args.label, "variant": args.variant}, "rows": rows}
-    write_results(args.out, "ray", result, markdown(rows), args.label)
+    harness.write(args.out, "ray", result, harness.table(rows, COLUMNS), args.label, ["ray"])
 
 
 if __name__ == "__main__":

@@ -20,12 +20,21 @@ def machine() -> dict[str, Any]:
     return {**machine_info.describe(), "python": platform.python_version()}
 
 
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def vm_hwm_mb() -> float:
     """This process's peak RSS. Not ``ru_maxrss``: Linux carries that over from the parent across fork + exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return _status_mb("VmHWM")
+
+
+def rss_mb() -> float:
+    """This process's resident memory now."""
+    return _status_mb("VmRSS")
 
 
 def write_results(out: Path, name: str, result: dict[str, Any], table: str, label: str) -> Path:

@@ -31,12 +31,12 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +44,32 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from benchmarks.results_io import write_results
-from bert_onnx import machine
+from benchmarks import harness
+from benchmarks.harness import Column
+from bert_onnx import timing
 
 BATCH = 32
 SERVER_PACKAGES = ("onnxruntime", "starlette", "uvicorn", "uvloop", "httptools")
 HEAD_END = b"\r\n\r\n"
+
+
+def _p50(r: Mapping[str, Any]) -> str:
+    extra = ""
+    if "p50_overhead_ms" in r:
+        extra = f" (offline batch-1 {r['offline_batch1_p50_ms']:.2f}; +{r['p50_overhead_ms']:.2f})"
+    return f"{r['p50_ms']:.2f}{extra}"
+
+
+COLUMNS = [
+    Column("engine", "engine"),
+    Column("clients × texts/request", lambda r: f"{r['concurrency']} × {r['texts_per_request']}"),
+    Column("docs/s", "docs_per_s", ".1f"),
+    Column("offline docs/s", "offline_docs_per_s", ".1f"),
+    Column("× offline", "x_offline", ".2f"),
+    Column("p50 ms", _p50),
+    Column("p99 ms", "p99_ms", ".1f"),
+    Column("max abs diff", "max_abs_diff_to_offline", ".1e"),
+]
 
 
 @dataclass
@@ -151,10 +171,6 @@ def start_server(model_dir: Path, variant: str | None, threads: int, extra: list
     raise RuntimeError(f"the server did not start: {' '.join(command)}")
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bert_onnx.export.corpus import documentation_paragraphs, split
     from bert_onnx.runtime import Encoder
@@ -178,8 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for repeat in range(args.repeats):
             for cell in cells:
                 texts = texts_of[cell.texts]
-                order = ["offline", *engines] if repeat % 2 == 0 else [*engines, "offline"][::-1]
-                for name in order:
+                for name in timing.round_order(["offline", *engines], repeat):
                     if name == "offline":
                         started = time.perf_counter()
                         encoder.embed(texts, pooling="mean", normalize=True, batch_size=BATCH)
@@ -228,15 +243,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "docs_per_s": docs_per_s,
                 "offline_docs_per_s": offline,
                 "x_offline": docs_per_s / offline,
-                "p50_ms": percentile(cell.latencies[name], 50) * 1000,
-                "p99_ms": percentile(cell.latencies[name], 99) * 1000,
+                "p50_ms": timing.percentile(cell.latencies[name], 50) * 1000,
+                "p99_ms": timing.percentile(cell.latencies[name], 99) * 1000,
                 "max_abs_diff_to_offline": cell.max_diff.get(name),
             }
             if cell.concurrency == 1 and cell.size == 1:
-                row["offline_batch1_p50_ms"] = percentile(offline_latency, 50) * 1000
+                row["offline_batch1_p50_ms"] = timing.percentile(offline_latency, 50) * 1000
                 row["p50_overhead_ms"] = row["p50_ms"] - row["offline_batch1_p50_ms"]
             rows.append(row)
-    installed = machine.installed_versions(SERVER_PACKAGES)
+    installed = harness.versions(SERVER_PACKAGES)
     return {
         "model": {"dir": str(args.model_dir), "variant": encoder.variant, "label": args.label},
         "threads": args.threads,
@@ -248,43 +263,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| engine | clients × texts/request | docs/s | offline docs/s | × offline | p50 ms | p99 ms | max abs diff |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        extra = ""
-        if "p50_overhead_ms" in r:
-            extra = f" (offline batch-1 {r['offline_batch1_p50_ms']:.2f}; +{r['p50_overhead_ms']:.2f})"
-        diff = r["max_abs_diff_to_offline"]
-        lines.append(
-            f"| {r['engine']} | {r['concurrency']} × {r['texts_per_request']} | {r['docs_per_s']:.1f} | "
-            f"{r['offline_docs_per_s']:.1f} | {r['x_offline']:.2f} | {r['p50_ms']:.2f}{extra} | {r['p99_ms']:.1f} | "
-            f"{'-' if diff is None else f'{diff:.1e}'} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True)
+    parser = harness.arguments(__doc__, repeats=3)
     parser.add_argument("--variant", help="default: the folder's default for the CPU")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 32], help="texts per request")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=60, help="at most this long per cell and engine")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
         "--peer", action="append", default=[], metavar="NAME=URL", help="another server's embeddings URL (with path)"
     )
     parser.add_argument("--peer-note", default="", help="how the peers were run (versions, engine), kept in the JSON")
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[], help="extra serve option")
-    parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     result = run(args)
-    write_results(args.out, "serve", result, markdown(result["rows"]), args.label)
+    harness.write(args.out, "serve", result, harness.table(result["rows"], COLUMNS), args.label, SERVER_PACKAGES)
 
 
 if __name__ == "__main__":

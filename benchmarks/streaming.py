@@ -10,7 +10,6 @@ held in memory either: chunks are streamed into the output file).
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -18,12 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results_io import write_results
+from benchmarks import harness
+from benchmarks.harness import Column
 
 CHILD = (
     "import sys; from bert_onnx.cli import main; from benchmarks.results_io import vm_hwm_mb; "
     "code = main(sys.argv[1:]); print(f'VmHWM {vm_hwm_mb():.1f}', file=sys.stderr); sys.exit(code)"
 )
+COLUMNS = [
+    Column("texts", "texts", ","),
+    Column("seconds", "seconds", ".0f"),
+    Column("docs/s", "docs_per_s", ".0f"),
+    Column("peak RSS MB", "peak_rss_mb", ".0f"),
+    Column("output file MB", "output_mb", ".0f"),
+]
 
 
 def run(model_dir: Path, counts: list[int], words: int, chunk_size: int) -> list[dict[str, Any]]:
@@ -52,32 +59,19 @@ def run(model_dir: Path, counts: list[int], words: int, chunk_size: int) -> list
                 }
             )
             out.unlink()
-            print(rows[-1], file=sys.stderr, flush=True)
+            harness.note(str(rows[-1]))
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| texts | seconds | docs/s | peak RSS MB | output file MB |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['texts']:,} | {r['seconds']:.0f} | {r['docs_per_s']:.0f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['output_mb']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True)
+    parser = harness.arguments(__doc__, threads=None)
     parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--words", type=int, default=12, help="words per text (default: 12)")
     parser.add_argument("--chunk-size", type=int, default=10_000)
-    parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     rows = run(args.model_dir, args.counts, args.words, args.chunk_size)
     result = {"model": {"dir": str(args.model_dir), "label": args.label}, "rows": rows}
-    write_results(args.out, "streaming", result, markdown(rows), args.label)
+    harness.write(args.out, "streaming", result, harness.table(rows, COLUMNS), args.label)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,26 @@ default to the fastest choice measured here; the target is >= 0.9.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results_io import write_results
-from bert_onnx import interface
+from benchmarks import harness
+from benchmarks.harness import Column
+from bert_onnx import interface, timing
 from bert_onnx.gates import References
 from bert_onnx.runtime import Encoder
+
+COLUMNS = [
+    Column("model", lambda r: f"{r['layers']} layers × {r['hidden']}"),
+    Column("tune took", lambda r: None if r["tune_seconds"] is None else f"{r['tune_seconds']:.0f} s"),
+    Column("picked", "default_choice"),
+    Column("default texts/s", lambda r: r["texts_per_second"]["default"], ".1f"),
+    Column("fastest by hand", "fastest_by_hand"),
+    Column("its texts/s", lambda r: r["texts_per_second"][r["fastest_by_hand"]], ".1f"),
+    Column("default / fastest", "default_over_fastest", ".3f"),
+]
 
 
 def run(folder: Path, rounds: int, count: int, tune: bool) -> dict[str, Any]:
@@ -40,15 +50,8 @@ def run(folder: Path, rounds: int, count: int, tune: bool) -> dict[str, Any]:
             started = time.perf_counter()
             encoders[outcome.name] = tuning.open_choice(folder, outcome.name)
             load_seconds[outcome.name] = time.perf_counter() - started
-    for encoder in encoders.values():
-        encoder.embed(texts[:16])  # warm up
-    speeds: dict[str, list[float]] = {name: [] for name in encoders}
-    for _ in range(rounds):
-        for name, encoder in encoders.items():
-            started = time.perf_counter()
-            encoder.embed(texts)
-            speeds[name].append(len(texts) / (time.perf_counter() - started))
-    medians = {name: statistics.median(values) for name, values in speeds.items()}
+    timings = timing.compare({name: partial(encoder.embed, texts) for name, encoder in encoders.items()}, rounds)
+    medians = {name: measured.rate(len(texts)) for name, measured in timings.items()}
     fastest = max((n for n in medians if n != "default"), key=medians.__getitem__)
     return {
         "folder": str(folder),
@@ -67,18 +70,7 @@ def run(folder: Path, rounds: int, count: int, tune: bool) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| model | tune took | picked | default texts/s | fastest by hand | its texts/s | default / fastest |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        took = "-" if r["tune_seconds"] is None else f"{r['tune_seconds']:.0f} s"
-        speeds = r["texts_per_second"]
-        lines.append(
-            f"| {r['layers']} layers × {r['hidden']} | {took} | {r['default_choice']} | {speeds['default']:.1f} | "
-            f"{r['fastest_by_hand']} | {speeds[r['fastest_by_hand']]:.1f} | {r['default_over_fastest']:.3f} |"
-        )
-    lines += ["", "texts/s of every choice (median of the rounds):", ""]
+    lines = [harness.table(rows, COLUMNS), "", "texts/s of every choice (median of the rounds):", ""]
     for r in rows:
         per = ", ".join(
             f"{name} {value:.1f} (opens in {r['load_seconds'][name]:.2f} s)"
@@ -90,19 +82,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.arguments(__doc__, model_dir=None, threads=None, label=False)
     parser.add_argument("folders", nargs="+", type=Path, metavar="DIR")
     parser.add_argument("--tune", action="store_true", help="run bert-onnx tune on each folder first")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--texts", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     rows = [run(folder, args.rounds, args.texts, args.tune) for folder in args.folders]
     label = (
         f"Encoder(DIR) after bert-onnx tune vs each choice by hand, real paragraphs, {args.rounds} interleaved "
-        "rounds, default threads"
+        "rounds after a warm-up, default threads"
     )
-    write_results(args.out, "tuned", {"rows": rows}, markdown(rows), label)
+    harness.write(args.out, "tuned", {"rows": rows}, markdown(rows), label)
 
 
 if __name__ == "__main__":

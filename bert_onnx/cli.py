@@ -538,14 +538,7 @@ def add_serve_command(commands: Any) -> None:
     serve.set_defaults(func=_serve)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bert-onnx",
-        description="Export BERT and its relatives to ONNX with every hidden state, and run them without PyTorch.",
-    )
-    parser.add_argument("--version", action="version", version=f"bert-onnx {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_export_command(commands: Any) -> None:
     export = commands.add_parser(
         "export",
         help="export a BERT-family checkpoint to a verified ONNX model folder",
@@ -582,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=_export)
 
+
+def _add_embed_command(commands: Any) -> None:
     embed = commands.add_parser(
         "embed",
         help="embed a text file, one text per line, into a .npy array",
@@ -622,20 +617,24 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--cpus-per-actor", type=int, default=1, help="ONNX Runtime threads each (default: 1)")
     embed.set_defaults(func=_embed)
 
-    add_serve_command(commands)
 
+def _add_info_command(commands: Any) -> None:
     info = commands.add_parser("info", help="show a model folder's manifest", description="Show DIR's manifest.")
     info.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
     info.add_argument("--no-verify", action="store_true", help="skip checking the files' SHA-256")
     info.set_defaults(func=_info)
 
-    def add_machine_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
-        command.add_argument("--device", choices=choices.DEVICES, default="cpu", help="default: cpu")
-        command.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
-        command.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-        command.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
+def _add_machine_options(command: argparse.ArgumentParser) -> None:
+    """The options verify and tune share."""
+    command.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
+    command.add_argument("--device", choices=choices.DEVICES, default="cpu", help="default: cpu")
+    command.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    command.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    command.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_verify_and_tune_commands(commands: Any) -> None:
     verify = commands.add_parser(
         "verify",
         help="check every way of running DIR here against PyTorch's stored references",
@@ -644,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "PyTorch. Prints each gate's table and the instruction sets it ran on; exits 1 naming any choice that fails. "
         "Choices that cannot run here are listed with the reason.",
     )
-    add_machine_options(verify)
+    _add_machine_options(verify)
     verify.set_defaults(func=_verify)
 
     tune = commands.add_parser(
@@ -655,10 +654,24 @@ def build_parser() -> argparse.ArgumentParser:
         "machine's profile in the user cache ($BERT_ONNX_PROFILE_DIR, else ~/.cache/bert-onnx/profiles). "
         "Encoder(DIR) and bert-onnx embed then run the fastest passing choice here.",
     )
-    add_machine_options(tune)
+    _add_machine_options(tune)
     tune.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default: 3)")
     tune.add_argument("--texts", type=int, default=32, help="real paragraphs per timing (default: 32)")
     tune.set_defaults(func=_tune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bert-onnx",
+        description="Export BERT and its relatives to ONNX with every hidden state, and run them without PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"bert-onnx {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_export_command(commands)
+    _add_embed_command(commands)
+    add_serve_command(commands)
+    _add_info_command(commands)
+    _add_verify_and_tune_commands(commands)
     return parser
 
 

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
-import statistics
-import time
+import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_onnx import choices, gates, interface, machine
+from bert_onnx import choices, gates, interface, machine, timing
 from bert_onnx.errors import InvalidValueError
 from bert_onnx.gates import References
 from bert_onnx.manifest import Manifest, ModelFolderError, VariantRecord
@@ -37,6 +35,8 @@ TIMING_RECIPE = EmbedRecipe()
 Progress = Callable[[str], object]  # called once per step, with what the step is
 SHORT_TEXT = "I love Korea"  # the one-text latency
 MIN_TIMING_SECONDS = 0.3  # each timed measurement repeats its texts until it lasts at least this long
+SHORT_TEXT_ROUNDS = 5
+SHORT_TEXT_MIN_SECONDS = MIN_TIMING_SECONDS / 8  # one short text is cheap to time: its rounds are shorter
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,6 @@ def steps(model_dir: str | Path, device: str = "cpu", rounds: int = 3) -> tuple[
     return gated, gated + rounds + 1
 
 
-def _texts_per_second(encoder: Encoder, texts: Sequence[str], repeats: int) -> float:
-    started = time.perf_counter()
-    for _ in range(repeats):
-        encoder.embed_recipe(texts, TIMING_RECIPE)
-    return repeats * len(texts) / (time.perf_counter() - started)
-
-
 def tune(
     model_dir: str | Path,
     device: str = "cpu",
@@ -182,28 +175,25 @@ def tune(
     model_dir = Path(model_dir)
     manifest, references, outcomes, passing = _gated(model_dir, device, threads, progress)
     texts = list(references.texts[:sample])
-    repeats = {}
-    for name, encoder in passing.items():  # warm up, and repeat short runs until they are long enough to time
-        started = time.perf_counter()
-        encoder.embed_recipe(texts[:8], TIMING_RECIPE)
-        estimate = (time.perf_counter() - started) * len(texts) / min(8, len(texts))
-        repeats[name] = max(1, math.ceil(MIN_TIMING_SECONDS / max(estimate, 1e-6)))
-    speeds: dict[str, list[float]] = {name: [] for name in passing}
-    for round_ in range(rounds):  # interleaved: slow drifts of the machine hit every choice alike
-        if progress is not None:
-            progress(f"timing round {round_ + 1} of {rounds}")
-        for name, encoder in passing.items():
-            speeds[name].append(_texts_per_second(encoder, texts, repeats[name]))
+    speeds = timing.compare(  # interleaved, after a warm-up: slow drifts of the machine hit every choice alike
+        {name: functools.partial(encoder.embed_recipe, texts, TIMING_RECIPE) for name, encoder in passing.items()},
+        rounds,
+        min_seconds=MIN_TIMING_SECONDS,
+        on_round=lambda index, planned: progress and progress(f"timing round {index + 1} of {planned}"),
+    )
     if progress is not None:
         progress("timing one short text")
-    latency: dict[str, list[float]] = {name: [] for name in passing}
-    for _ in range(5):
-        for name, encoder in passing.items():
-            calls = max(1, repeats[name] * len(texts) // 8)
-            latency[name].append(1000 / _texts_per_second(encoder, [SHORT_TEXT], calls))
+    latency = timing.compare(
+        {
+            name: functools.partial(encoder.embed_recipe, [SHORT_TEXT], TIMING_RECIPE)
+            for name, encoder in passing.items()
+        },
+        SHORT_TEXT_ROUNDS,
+        min_seconds=SHORT_TEXT_MIN_SECONDS,
+    )
     timed = [
         dataclasses.replace(
-            o, texts_per_second=statistics.median(speeds[o.name]), one_text_ms=statistics.median(latency[o.name])
+            o, texts_per_second=speeds[o.name].rate(len(texts)), one_text_ms=latency[o.name].median * 1000
         )
         if o.name in speeds
         else o

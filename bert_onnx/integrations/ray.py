@@ -207,6 +207,36 @@ def _parquet_writer(rows: dict[str, np.ndarray], id_column: str, output_column: 
     return write
 
 
+def _embedded(table: Any, embedder: dict[str, Any], rows_per_call: int, actors: int, cpus_per_actor: int) -> Any:
+    """``table`` mapped through :class:`RayEmbedder` actors, in input order (a lazy Ray dataset)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # parts are consecutive input rows
+    context.enable_progress_bars = False
+    return ray.data.from_arrow(table).map_batches(
+        RayEmbedder,
+        fn_constructor_kwargs=embedder,
+        batch_size=rows_per_call,
+        batch_format="numpy",
+        concurrency=actors,
+        num_cpus=cpus_per_actor,
+        # Ray Data restarts a dead actor and retries its task by default (max_restarts=-1, max_task_retries=-1):
+        # a lost worker costs time, never rows.
+    )
+
+
+def _bad_rows(store: Any, id_column: str) -> list[tuple[Any, str]]:
+    """Every (id, message) the finished parts hold, in part order."""
+    import pyarrow.parquet as pq
+
+    bad = []
+    for number in sorted(store.done):
+        part = pq.read_table(store.part_path(number), columns=[id_column, ERROR_COLUMN]).to_pylist()
+        bad += [(row[id_column], row[ERROR_COLUMN]) for row in part if row[ERROR_COLUMN] is not None]
+    return bad
+
+
 def embed_to_parquet(
     model_dir: Path,
     input_path: Path,
@@ -233,7 +263,6 @@ def embed_to_parquet(
     invalid text, or too long with truncation off) are kept with a NaN vector and a message, and listed.
     ``recipe`` defaults to the folder's own; the fingerprint holds it, not ``batching``.
     """
-    import pyarrow.parquet as pq
     import ray
 
     from bert_onnx.jobs import PartStore, scan
@@ -262,39 +291,23 @@ def embed_to_parquet(
     if first < parts:
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, include_dashboard=False)
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # parts are consecutive input rows
-        context.enable_progress_bars = False
-        dataset = ray.data.from_arrow(table.slice(first * rows_per_part))
-        embedded = dataset.map_batches(
-            RayEmbedder,
-            fn_constructor_kwargs={
-                "model_dir": str(model_dir),
-                "text_column": text_column,
-                "recipe": recipe,
-                "variant": variant,
-                "batching": batching,
-            },
-            # Calls no bigger than a part, so parts are written as calls finish, not all at the end.
-            batch_size=rows_per_call or min(1024, rows_per_part),
-            batch_format="numpy",
-            concurrency=actors,
-            num_cpus=cpus_per_actor,
-            # Ray Data restarts a dead actor and retries its task by default (max_restarts=-1,
-            # max_task_retries=-1): a lost worker costs time, never rows.
-        )
+        embedder = {
+            "model_dir": str(model_dir),
+            "text_column": text_column,
+            "recipe": recipe,
+            "variant": variant,
+            "batching": batching,
+        }
+        # Calls no bigger than a part, so parts are written as calls finish, not all at the end.
+        calls = _embedded(table.slice(first * rows_per_part), embedder, rows_per_call or min(1024, rows_per_part),
+                          actors, cpus_per_actor)  # fmt: skip
         # Batches of exactly rows_per_part rows (the last one shorter), in input order: one part each.
-        for number, batch in enumerate(
-            embedded.iter_batches(batch_size=rows_per_part, batch_format="numpy"), start=first
-        ):
+        for number, batch in enumerate(calls.iter_batches(batch_size=rows_per_part, batch_format="numpy"), first):
             rows = len(batch[id_column])
             store.add(number, rows, _parquet_writer(batch, id_column, "embedding"))
             if progress is not None:
                 progress(rows)
-    bad = []
-    for number in sorted(store.done):
-        part = pq.read_table(store.part_path(number), columns=[id_column, ERROR_COLUMN]).to_pylist()
-        bad += [(row[id_column], row[ERROR_COLUMN]) for row in part if row[ERROR_COLUMN] is not None]
+    bad = _bad_rows(store, id_column)
     if store.rows != table.num_rows:
         raise IncompleteRunError(f"{output}: {store.rows} rows written for {table.num_rows} input rows")
     return {"rows": store.rows, "parts": len(store.done), "bad_rows": bad}
