@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results_io import write_results
+from benchmarks import harness
 
 KEYS = {
     "roberta": "tiny-random-roberta",
@@ -107,7 +107,7 @@ def main() -> None:
         "Every family's export gates (RANDOM weights, real tokenizers; scripts/checkpoints_families.py), "
         f"variants {', '.join(variants())}"
     )
-    write_results(args.out, "families", {"variants": list(variants()), "rows": rows}, markdown(rows), label)
+    harness.write(args.out, "families", {"variants": list(variants()), "rows": rows}, markdown(rows), label)
 
 
 if __name__ == "__main__":
