@@ -152,7 +152,7 @@ def read_input(path: Path, text_column: str, id_column: str) -> Any:
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise InvalidValueError(f"--input {path}: No such file")
+        raise InvalidValueError(f"{path}: No such file")
     if path.suffix.lower() == ".parquet":
         schema = pq.read_schema(path)
         missing = [c for c in (id_column, text_column) if c not in schema.names]
@@ -176,7 +176,7 @@ def read_input(path: Path, text_column: str, id_column: str) -> Any:
                 raw.append(row.get(text_column))
         ids = pa.array(ids_list)
     else:
-        raise InvalidValueError(f"--input {path}: expected a .parquet or .jsonl file")
+        raise InvalidValueError(f"{path}: expected a .parquet or .jsonl file")
     texts, errors = zip(*map(_clean, raw), strict=True) if raw else ((), ())
     return pa.table(
         {
