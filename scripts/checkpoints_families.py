@@ -80,6 +80,33 @@ _BERT_SPECIAL = Special(
 )
 _ROBERTA_IDS = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
 
+# DeBERTa-v2 and v3 share their special tokens and their relative-attention settings.
+_DEBERTA_SPECIAL = Special(
+    ("[PAD]", "[CLS]", "[SEP]", "[UNK]"),
+    {
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "bos_token": "[CLS]",
+        "eos_token": "[SEP]",
+        "unk_token": "[UNK]",
+        "mask_token": "[MASK]",
+    },
+    "[MASK]",
+)
+_DEBERTA = {
+    **TINY,
+    "pad_token_id": 0,
+    "max_position_embeddings": 512,
+    "relative_attention": True,
+    "position_buckets": 256,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+    "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False,
+    "max_relative_positions": -1,
+}
+
 SPECS: tuple[Spec, ...] = (
     Spec(
         "tiny-random-roberta",
@@ -170,30 +197,9 @@ SPECS: tuple[Spec, ...] = (
         "deberta-v2",
         "unigram",
         "DebertaV2Tokenizer",
-        Special(
-            ("[PAD]", "[CLS]", "[SEP]", "[UNK]"),
-            {
-                "pad_token": "[PAD]",
-                "cls_token": "[CLS]",
-                "sep_token": "[SEP]",
-                "bos_token": "[CLS]",
-                "eos_token": "[SEP]",
-                "unk_token": "[UNK]",
-                "mask_token": "[MASK]",
-            },
-            "[MASK]",
-        ),
+        _DEBERTA_SPECIAL,
         {
-            **TINY,
-            "pad_token_id": 0,
-            "max_position_embeddings": 512,
-            "relative_attention": True,
-            "position_buckets": 256,
-            "norm_rel_ebd": "layer_norm",
-            "share_att_key": True,
-            "pos_att_type": ["p2c", "c2p"],
-            "position_biased_input": False,
-            "max_relative_positions": -1,
+            **_DEBERTA,
             "type_vocab_size": 0,
             "layer_norm_eps": 1e-7,
         },
@@ -205,30 +211,9 @@ SPECS: tuple[Spec, ...] = (
         "deberta-v2",
         "unigram",
         "DebertaV2Tokenizer",
-        Special(
-            ("[PAD]", "[CLS]", "[SEP]", "[UNK]"),
-            {
-                "pad_token": "[PAD]",
-                "cls_token": "[CLS]",
-                "sep_token": "[SEP]",
-                "bos_token": "[CLS]",
-                "eos_token": "[SEP]",
-                "unk_token": "[UNK]",
-                "mask_token": "[MASK]",
-            },
-            "[MASK]",
-        ),
+        _DEBERTA_SPECIAL,
         {
-            **TINY,
-            "pad_token_id": 0,
-            "max_position_embeddings": 512,
-            "relative_attention": True,
-            "position_buckets": 256,
-            "norm_rel_ebd": "layer_norm",
-            "share_att_key": True,
-            "pos_att_type": ["p2c", "c2p"],
-            "position_biased_input": False,
-            "max_relative_positions": -1,
+            **_DEBERTA,
             "conv_kernel_size": 3,
             "conv_act": "gelu",
             "attention_head_size": 16,

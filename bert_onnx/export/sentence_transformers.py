@@ -206,12 +206,20 @@ class _Reader:
             self.problems.append(f"{TRANSFORMER_CONFIG}: do_lower_case={lower!r} is not true or false")
         self.lowercase = lower is True
 
-    def pooling(self, module: dict[str, Any]) -> None:
+    def module_config(self, module: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """A module's ``config.json`` (its path in the checkpoint, and the object, or ``None`` if missing or not an
+        object: a problem is recorded for the latter)."""
         relative = f"{module['path']}/config.json"
         config = self.json(relative)
         if not isinstance(config, dict):
             if config is not None:
                 self.problems.append(f"{relative} ({module['label']}): expected a JSON object")
+            return relative, None
+        return relative, config
+
+    def pooling(self, module: dict[str, Any]) -> None:
+        relative, config = self.module_config(module)
+        if config is None:
             return
         config = dict(config)
         legacy = [k for k in LEGACY_POOLING_FLAGS if k in config]
@@ -241,11 +249,8 @@ class _Reader:
         self.width = self.hidden_size * len(modes)
 
     def dense_layer(self, module: dict[str, Any]) -> None:
-        relative = f"{module['path']}/config.json"
-        config = self.json(relative)
-        if not isinstance(config, dict):
-            if config is not None:
-                self.problems.append(f"{relative} ({module['label']}): expected a JSON object")
+        relative, config = self.module_config(module)
+        if config is None:
             return
         name, label = module["path"], module["label"]
         known = {
