@@ -163,6 +163,28 @@ def test_an_openvino_int8_ir_and_its_weights_are_checksummed_and_verified(
     assert Encoder(folder, variant="fp32").embed(["still runs"]).shape == (1, 32)
 
 
+def test_nncf_keeps_its_info_lines_out_of_the_export_log(
+    export_dir: Callable[[str], Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """NNCF logs a line for every MatMul it leaves unquantized; export says what it kept in float itself, so those
+    lines are kept out of what the user reads, and NNCF's own log level is restored afterwards."""
+    import logging
+
+    import nncf  # noqa: F401  (sets its logger's level on import)
+
+    from bert_onnx.export.openvino_int8 import quantized_model
+
+    folder = export_dir("tiny")
+    tokenizer = Encoder(folder).tokenizer
+    feeds = [tokenizer([text], max_length=32).feeds() for text in ("I love Korea", "a second text", "and a third")]
+    level = logging.getLogger("nncf").level
+    capfd.readouterr()
+    quantized_model(folder / interface.MODEL_FILE, ["/model/encoder/layer.0/output/dense/MatMul"], feeds)
+    printed = capfd.readouterr()
+    assert "Not adding activation input quantizer" not in printed.out + printed.err
+    assert logging.getLogger("nncf").level == level
+
+
 def test_under_all_a_choice_that_fails_its_gate_is_not_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gate no quantized graph can meet, standing in for a checkpoint int8 damages: ``--variants all`` leaves the
     int8 choices out, with their numbers, and writes the rest; naming one fails the export (test_variants)."""

@@ -87,6 +87,39 @@ def test_same_embeddings_as_onnx_runtime_across_shapes(validated_dir: Path) -> N
         np.testing.assert_allclose(ov.embed(TEXTS, **kwargs), ort_enc.embed(TEXTS, **kwargs), atol=2e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fewer_outputs_run_a_pruned_graph_with_the_same_values(validated_dir: Path, precision: str) -> None:
+    """A call that asks for some outputs runs the graph compiled with only those (faster under OpenVINO's fusions);
+    the values are those of the whole graph: identical in fp32, within the bf16 gate's cosine in bf16. At most
+    MAX_PRUNED output sets are kept compiled."""
+    from bert_onnx.runtime.openvino_backend import MAX_PRUNED, OpenVINOSession
+
+    if precision == "bf16" and not HAS_BF16:
+        pytest.skip("no bf16 units (AVX512_BF16/AMX) on this CPU")
+    enc = _openvino(validated_dir, precision)
+    session = enc.runner
+    assert isinstance(session, OpenVINOSession)
+    ids = np.random.default_rng(1).integers(1000, 30000, size=(4, 40))
+    whole = enc.run(ids)
+    by_name = {"last_hidden_state": whole.last_hidden_state, "pooler_output": whole.pooler_output}
+    by_name |= {f"hidden_states.{i}": value for i, value in enumerate(whole.hidden_states)}
+    subsets = [["last_hidden_state"], ["pooler_output"], ["hidden_states.2", "last_hidden_state"],
+               ["hidden_states.0"], ["hidden_states.5", "hidden_states.6"]]  # fmt: skip
+    for names in subsets:
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        for name, value in zip(names, session.run(names, feeds), strict=True):
+            expected = by_name[name]
+            if precision == "fp32":
+                np.testing.assert_array_equal(value, expected, err_msg=name)
+            else:
+                flat, ref = value.reshape(-1, value.shape[-1]), expected.reshape(-1, value.shape[-1])
+                cosine = np.sum(flat * ref, -1) / np.linalg.norm(flat, axis=-1) / np.linalg.norm(ref, axis=-1)
+                assert cosine.min() >= 0.9999, (name, cosine.min())
+        assert 1 <= len(session._pruned) <= MAX_PRUNED
+    with pytest.raises(ValueError, match=r"no output named 'nope'"):
+        session.run(["nope"], {})
+
+
 def test_threads_share_one_encoder(validated_dir: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -22,8 +22,10 @@ Export needs ``nncf`` (in the ``[openvino]`` extra); running the IR needs only `
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +69,19 @@ def float_ladder(fp32_path: Path, down_projections: Sequence[str]) -> list[tuple
     return [(), down, (*down, *attention_out)]
 
 
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF logs a line at INFO for every MatMul it leaves unquantized (hundreds on bert-base); export reports
+    what was kept in float itself, so only NNCF's warnings and its progress bars reach the user."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 _CACHE: dict[tuple[object, ...], Any] = {}  # recent quantized models: the fp32 and bf16 choices share them
 
 
@@ -80,13 +95,14 @@ def quantized_model(fp32_path: Path, float_nodes: Sequence[str], feeds: list[dic
     if key not in _CACHE:
         if len(_CACHE) >= 3:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = nncf.quantize(
-            ov.Core().read_model(str(fp32_path)),
-            nncf.Dataset(feeds),
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(feeds),
-            ignored_scope=nncf.IgnoredScope(names=list(float_nodes), validate=False),
-        )
+        with _quiet_nncf():
+            _CACHE[key] = nncf.quantize(
+                ov.Core().read_model(str(fp32_path)),
+                nncf.Dataset(feeds),
+                model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(feeds),
+                ignored_scope=nncf.IgnoredScope(names=list(float_nodes), validate=False),
+            )
     return _CACHE[key]
 
 
