@@ -391,20 +391,27 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from bert_onnx import tuning
+    from bert_onnx.runtime import profile
 
     if args.rounds < 1 or args.texts < 1:
         raise InvalidValueError(f"--rounds {args.rounds} and --texts {args.texts} must be positive")
     _, total = tuning.steps(args.model_dir, args.device, args.rounds)
     with _progress_bar(args, total, "tuning") as bar:
         outcomes, path, pick = tuning.tune(
-            args.model_dir, args.device, args.threads, args.rounds, args.texts, progress=_step(bar)
-        )
+            args.model_dir, args.device, args.threads, args.rounds, args.texts, progress=_step(bar),
+            objective=args.objective,
+        )  # fmt: skip
         bar.update(1)
     if args.json:
-        print(_outcomes_json(args, outcomes, profile=str(path), picked=pick.name, picked_by=pick.reason))
+        print(
+            _outcomes_json(
+                args, outcomes, profile=str(path), objective=args.objective, picked=pick.name, picked_by=pick.reason
+            )
+        )
     else:
         rows = [("choice", "gate", "texts/s", "1 text, ms", "")]
-        for o in sorted(outcomes, key=lambda o: -(o.texts_per_second or -1)):
+        latency = args.objective == profile.LATENCY
+        for o in sorted(outcomes, key=lambda o: (o.one_text_ms or 1e300) if latency else -(o.texts_per_second or -1)):
             if o.skipped is not None:
                 rows.append((o.name, "skipped", "-", "-", o.skipped))
                 continue
@@ -637,6 +644,8 @@ def _add_machine_options(command: argparse.ArgumentParser) -> None:
 
 
 def _add_verify_and_tune_commands(commands: Any) -> None:
+    from bert_onnx.runtime.profile import OBJECTIVES, THROUGHPUT
+
     verify = commands.add_parser(
         "verify",
         help="check every way of running DIR here against PyTorch's stored references",
@@ -654,9 +663,18 @@ def _add_verify_and_tune_commands(commands: Any) -> None:
         description="Check each choice's gate here as verify does, time those that pass on real text (length-sorted "
         "batches of the stored paragraphs) and on one short text, interleaved, and save the result as this "
         "machine's profile in the user cache ($BERT_ONNX_PROFILE_DIR, else ~/.cache/bert-onnx/profiles). "
-        "Encoder(DIR) and bert-onnx embed then run the fastest passing choice here.",
+        "Encoder(DIR) and bert-onnx embed then run the fastest passing choice here: the most texts/s (--for "
+        "throughput, the default) or the least time for one short text (--for latency).",
     )
     _add_machine_options(tune)
+    tune.add_argument(
+        "--for",
+        dest="objective",
+        choices=tuple(OBJECTIVES),
+        default=THROUGHPUT,
+        help="what fastest means: throughput, texts/s on batches of real paragraphs (embedding corpora; default), or "
+        "latency, the time of one short text (a service embedding one query at a time). The best choice can differ",
+    )
     tune.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default: 3)")
     tune.add_argument("--texts", type=int, default=32, help="real paragraphs per timing (default: 32)")
     tune.set_defaults(func=_tune)

@@ -166,12 +166,17 @@ def tune(
     sample: int = 32,
     progress: Progress | None = None,
     profile_dir: Path | None = None,
+    objective: str = profile.THROUGHPUT,
 ) -> tuple[list[Outcome], Path, profile.Pick]:
     """Check each choice's gate here, time those that pass on ``sample`` of the stored real paragraphs
     (length-sorted batches, as ``Encoder.embed`` runs them) and on one short text, interleaved over ``rounds``,
-    and save this machine's profile. Returns the outcomes, the profile's path, and what ``Encoder`` now picks."""
+    and save this machine's profile, tuned for ``objective`` (:data:`bert_onnx.runtime.profile.OBJECTIVES`: the
+    most texts/s, or the least time for one short text). Returns the outcomes, the profile's path, and what
+    ``Encoder`` now picks."""
     if not isinstance(rounds, int) or rounds < 1 or not isinstance(sample, int) or sample < 1:
         raise InvalidValueError(f"rounds={rounds!r} and sample={sample!r} must be positive ints")
+    if objective not in profile.OBJECTIVES:
+        raise InvalidValueError(f"objective={objective!r} is not one of {', '.join(profile.OBJECTIVES)}")
     model_dir = Path(model_dir)
     manifest, references, outcomes, passing = _gated(model_dir, device, threads, progress)
     texts = list(references.texts[:sample])
@@ -204,6 +209,7 @@ def tune(
         "versions": profile.library_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "timing": {"texts": len(texts), "rounds": rounds, "statistic": "median"},
+        "objective": objective,
         "choices": [o.to_dict() for o in timed],
     }
     path = profile.save_entry(manifest, model_dir, entry, profile_dir)

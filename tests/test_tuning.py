@@ -306,3 +306,49 @@ def test_cli_tune_prints_the_table_and_encoder_then_uses_it(export_dir: Callable
     assert Encoder(folder).choice == picked
     bad = run_cli("tune", folder, "--rounds", "0", env={profile.PROFILE_ENV: str(profiles)})
     assert_error(bad, ("--rounds 0",))
+
+
+@pytest.mark.fast
+def test_a_profile_tuned_for_latency_picks_the_fastest_short_text(tiny_tuned: dict[str, Any], profiles: Path) -> None:
+    """Throughput and latency can disagree (OpenVINO bf16 and int8 on an AMX Xeon): the profile's objective says
+    which measurement Encoder follows. A profile without one is a throughput profile; an unknown one is ignored."""
+
+    def disagree(objective: str | None) -> Callable[[dict[str, Any]], None]:
+        def edit(entry: dict[str, Any]) -> None:
+            for choice in entry["choices"]:
+                if choice["passed"]:
+                    fast_batches = choice["name"] == "openvino-fp32"
+                    choice["texts_per_second"] = 1000.0 if fast_batches else 1.0
+                    choice["one_text_ms"] = 9.0 if fast_batches else 1.0 if choice["name"] == "fp32" else 5.0
+            entry.pop("objective", None)
+            if objective is not None:
+                entry["objective"] = objective
+
+        return edit
+
+    for objective, picked in ((None, "openvino-fp32"), ("throughput", "openvino-fp32"), ("latency", "fp32")):
+        _write_profile(profiles, tiny_tuned, disagree(objective))
+        encoder = Encoder(tiny_tuned["folder"])
+        assert encoder.choice == picked, objective
+        assert f"for {objective or 'throughput'}: the fastest" in encoder.describe()["picked_by"]
+    _write_profile(profiles, tiny_tuned, disagree("lowest power"))
+    encoder = Encoder(tiny_tuned["folder"])
+    assert encoder.choice == "fp32" and "tuned for 'lowest power'" in encoder.describe()["picked_by"]
+
+
+def test_tune_for_latency_records_it_and_picks_the_least_one_text_time(
+    export_dir: Callable[[str], Path], profiles: Path
+) -> None:
+    folder = export_dir("tiny")
+    outcomes, path, pick = tuning.tune(folder, rounds=1, sample=4, profile_dir=profiles, objective="latency")
+    entry = json.loads(path.read_text())["entries"][-1]
+    assert entry["objective"] == "latency"
+    timed = {o.name: o.one_text_ms for o in outcomes if o.passed and o.one_text_ms is not None}
+    assert pick.tuned and pick.name == min(timed, key=lambda name: timed[name])
+    assert "ms for one short text" in pick.reason
+    with pytest.raises(ValueError, match=r"objective='fastest' is not one of throughput, latency"):
+        tuning.tune(folder, rounds=1, sample=4, profile_dir=profiles, objective="fastest")
+    run = run_cli("tune", folder, "--rounds", "1", "--texts", "4", "--for", "latency", "--json",
+                  env={profile.PROFILE_ENV: str(profiles)})  # fmt: skip
+    assert run.returncode == 0, run.describe()
+    assert json.loads(run.stdout)["objective"] == "latency"
