@@ -6,12 +6,15 @@ ONNX Runtime's CPU provider has no bf16 GEMM on x86; OpenVINO compiles the ONNX 
 outputs fp32. Asking for bf16 on a CPU whose OpenVINO capabilities lack ``BF16`` is refused with a clear error:
 OpenVINO would otherwise quietly run fp32 (or emulate bf16 slowly), and a user who asked for bf16 should know.
 
-Outputs: a call that asks for fewer than every output (``embed`` with mean pooling needs only
-``last_hidden_state``) runs a copy of the graph compiled with only those outputs, compiled on first use and kept
-(at most :data:`MAX_PRUNED` output sets). OpenVINO must otherwise convert and write every hidden state out of its
+Outputs: a call that needs no hidden state (``embed`` with mean, CLS or pooler pooling needs only
+``last_hidden_state`` or ``pooler_output``) runs a second compilation of the graph with just those two outputs
+(:data:`HEAD_OUTPUTS`), made on first use. OpenVINO must otherwise convert and write every hidden state out of its
 fused bf16 kernels; measured on an AMX Xeon, bf16, ``last_hidden_state`` alone ran 1.14-1.31x faster than with every
 output (MiniLM, 32 texts of 64-200 tokens) and 1.12x (bert-base shape, 8 x 128), with bit-identical values
-(docs/speed.md).
+(docs/speed.md). A compiled graph is large (about 0.64 GB for bert-base in bf16, measured), so there are never more
+than these two, and the whole graph compiled at load is released when the head graph is made and the whole one has
+not run yet: a process that only embeds holds one compiled graph, as before; one that also asks for hidden states
+holds both.
 
 Threading: each compiled model is shared; each thread gets its own infer request (a request is not thread-safe),
 so one ``Encoder`` can be used from many threads, as with ONNX Runtime.
@@ -35,7 +38,7 @@ from bert_onnx.manifest import ModelFolderError
 PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
 INSTALL_HINT = "pip install 'bert-onnx[openvino]'"
-MAX_PRUNED = 3  # output sets compiled beside the whole graph; the oldest goes first
+HEAD_OUTPUTS = frozenset({"last_hidden_state", "pooler_output"})  # the outputs of the second compilation
 
 
 class BackendError(BertOnnxError, RuntimeError):
@@ -92,7 +95,8 @@ class OpenVINOSession:
         self.precision = precision
         self.input_names = tuple(port.get_any_name() for port in self._compiled.inputs)
         self.output_names = tuple(port.get_any_name() for port in self._compiled.outputs)
-        self._pruned: dict[frozenset[str], Any] = {}
+        self._head: Any = None  # the graph compiled with HEAD_OUTPUTS only, made on first use
+        self._whole_ran = False
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -109,21 +113,23 @@ class OpenVINOSession:
         except RuntimeError as exc:
             raise ModelFolderError(f"{self._path}: OpenVINO cannot compile this model ({exc})") from exc
 
-    def _compiled_for(self, names: Sequence[str]) -> tuple[frozenset[str] | None, Any]:
-        wanted = frozenset(names)
-        if not wanted < set(self.output_names):
-            return None, self._compiled
+    def _compiled_for(self, names: Sequence[str]) -> tuple[str, Any]:
+        """The compiled graph for a call asking for ``names``: the head graph when they are all head outputs."""
         with self._lock:
-            compiled = self._pruned.get(wanted)
-            if compiled is None:
-                if len(self._pruned) >= MAX_PRUNED:
-                    self._pruned.pop(next(iter(self._pruned)))
-                compiled = self._pruned[wanted] = self._compile(wanted)
-        return wanted, compiled
+            if set(names) <= HEAD_OUTPUTS and not set(self.output_names) <= HEAD_OUTPUTS:
+                if self._head is None:
+                    self._head = self._compile(HEAD_OUTPUTS)
+                    if not self._whole_ran:
+                        self._compiled = None  # release it: recompiled if a call ever needs a hidden state
+                return "head", self._head
+            if self._compiled is None:
+                self._compiled = self._compile(None)
+            self._whole_ran = True
+            return "whole", self._compiled
 
     def _request(self, names: Sequence[str]) -> Any:
         key, compiled = self._compiled_for(names)
-        requests: dict[frozenset[str] | None, tuple[Any, Any]] = self._local.__dict__.setdefault("requests", {})
+        requests: dict[str, tuple[Any, Any]] = self._local.__dict__.setdefault("requests", {})
         held = requests.get(key)
         if held is None or held[0] is not compiled:  # first call here, or its compiled model was replaced
             held = requests[key] = (compiled, compiled.create_infer_request())
