@@ -71,6 +71,13 @@ def check_precision(precision: str) -> None:
             )
 
 
+def _public_name(port: Any) -> str:
+    """An output's name as the export gave it (``hidden_states.0``), not another name of the same tensor."""
+    names = sorted(port.get_names())
+    ours = [n for n in names if n in ("last_hidden_state", "pooler_output") or n.startswith("hidden_states.")]
+    return ours[0] if ours else port.get_any_name()
+
+
 class OpenVINOSession:
     """The part of ``onnxruntime.InferenceSession`` that ``Encoder`` uses, run by OpenVINO on the CPU."""
 
@@ -94,7 +101,10 @@ class OpenVINOSession:
             raise BackendError(f"asked OpenVINO for {precision} but it compiled {effective}; refusing to run silently")
         self.precision = precision
         self.input_names = tuple(port.get_any_name() for port in self._compiled.inputs)
-        self.output_names = tuple(port.get_any_name() for port in self._compiled.outputs)
+        self.output_names = tuple(_public_name(port) for port in self._compiled.outputs)
+        # Every name of every output: one tensor can carry several (ALBERT's and ELECTRA's hidden_states.0 is also
+        # their embedding projection's output), and get_any_name() gives only one of them.
+        self._all_output_names = frozenset(name for port in self._compiled.outputs for name in port.get_names())
         self._head: Any = None  # the graph compiled with HEAD_OUTPUTS only, made on first use
         self._whole_ran = False
         self._lock = threading.Lock()
@@ -136,7 +146,7 @@ class OpenVINOSession:
         return held[1]
 
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        unknown = [name for name in names if name not in self.output_names]
+        unknown = [name for name in names if name not in self._all_output_names]
         if unknown:
             raise InvalidValueError(f"no output named {', '.join(map(repr, unknown))}; outputs: {self.output_names}")
         request = self._request(names)
