@@ -106,6 +106,7 @@ class OpenVINOSession:
         # their embedding projection's output), and get_any_name() gives only one of them.
         self._all_output_names = frozenset(name for port in self._compiled.outputs for name in port.get_names())
         self._head: Any = None  # the graph compiled with HEAD_OUTPUTS only, made on first use
+        self._head_pays = not set(self.output_names) <= HEAD_OUTPUTS  # the graph has outputs beyond the head's
         self._whole_ran = False
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -126,7 +127,7 @@ class OpenVINOSession:
     def _compiled_for(self, names: Sequence[str]) -> tuple[str, Any]:
         """The compiled graph for a call asking for ``names``: the head graph when they are all head outputs."""
         with self._lock:
-            if set(names) <= HEAD_OUTPUTS and not set(self.output_names) <= HEAD_OUTPUTS:
+            if self._head_pays and HEAD_OUTPUTS.issuperset(names):
                 if self._head is None:
                     self._head = self._compile(HEAD_OUTPUTS)
                     if not self._whole_ran:
