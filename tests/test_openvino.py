@@ -92,7 +92,8 @@ def test_a_call_without_hidden_states_runs_the_head_graph_with_the_same_values(
     validated_dir: Path, precision: str
 ) -> None:
     """``last_hidden_state`` and ``pooler_output`` alone run a graph compiled with only those (faster under
-    OpenVINO's fusions); the values are the whole graph's: identical in fp32, within the bf16 gate's cosine in bf16.
+    OpenVINO's fusions); the values are the whole graph's: within OpenVINO fp32's 1e-5 in fp32 (bit-identical on the AMX
+    Xeon measured; another CPU's kernels may fuse the two graphs differently), within the bf16 gate's cosine in bf16.
     Embedding alone holds one compiled graph (the whole one, never run, is released); asking for hidden states
     compiles it again, and then both are kept."""
     from bert_onnx.runtime.openvino_backend import OpenVINOSession
@@ -111,7 +112,7 @@ def test_a_call_without_hidden_states_runs_the_head_graph_with_the_same_values(
                   ["hidden_states.2", "last_hidden_state"], ["hidden_states.0"], ["last_hidden_state"]):  # fmt: skip
         for name, value in zip(names, session.run(names, feeds), strict=True):
             if precision == "fp32":
-                np.testing.assert_array_equal(value, by_name[name], err_msg=name)
+                np.testing.assert_allclose(value, by_name[name], rtol=0, atol=1e-5, err_msg=name)
             else:
                 flat, ref = value.reshape(-1, value.shape[-1]), by_name[name].reshape(-1, value.shape[-1])
                 cosine = np.sum(flat * ref, -1) / np.linalg.norm(flat, axis=-1) / np.linalg.norm(ref, axis=-1)
