@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # CUDA checks on a GPU machine with no network (run from the repository root there):
-#   bash scripts/gpu_check.sh WHEEL [CACHE]
+#   bash scripts/gpu_check.sh WHEEL [CACHE [RESULTS]]
 # WHEEL is an onnxruntime-gpu wheel for that machine's Python, CACHE a folder holding all-MiniLM-L6-v2's vocabulary
 # and configs (weights not needed: the checks use the tiny and bert-base-shaped checkpoints, made there with RANDOM
 # weights). Installs the wheel under /tmp/site, makes the checkpoints, runs the CUDA tests on the bert-base shape,
-# exports fp32/opt/fp16 (fp16's gate runs on CUDA) and compares CUDA with CPU through Encoder.
+# exports fp32/opt/fp16 (fp16's gate runs on CUDA), compares CUDA with CPU through Encoder, and runs
+# benchmarks.cuda (PyTorch fp16 SDPA side by side, CUDA graphs, every output against last+pooler), writing its
+# results to RESULTS (default /tmp/bert-onnx-results; $OUT/results under the device tool).
 set -uo pipefail
 wheel=${1:?usage: gpu_check.sh WHEEL [CACHE]}
 cache=${2:-/tmp/bert-onnx-cache}
+results=${3:-${OUT:+$OUT/results}}
+results=${results:-/tmp/bert-onnx-results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$wheel" || exit 1
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 BERT_ONNX_CACHE="$cache"
 # ONNX Runtime's CUDA provider loads cuBLAS/cuDNN/cuFFT by name: point it at the CUDA wheels PyTorch brought.
@@ -48,6 +52,8 @@ for variant in ("fp32", "opt", "fp16"):
     print(f"cuda {variant}: 32 x 128, all outputs: {(time.perf_counter() - start) / 20 * 1000:.2f} ms per call")
 print("default CUDA variant:", Encoder(folder, device="cuda").variant)
 PY
+python3 -m benchmarks.cuda --model-dir "$out" --checkpoint "$cache/checkpoints/bert-base-uncased-arch-random-weights" \
+    --repeats 10 --label "bert-base shape, RANDOM weights" --out "$results" || status=1
 export BERT_ONNX_PROFILE_DIR=/tmp/bert-onnx-profiles
 python3 -m bert_onnx verify "$out" --device cuda -q || status=1
 python3 -m bert_onnx tune "$out" --device cuda -q || status=1

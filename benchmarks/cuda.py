@@ -1,0 +1,205 @@
+"""On a GPU: our CUDA graphs against PyTorch fp16 with SDPA attention on the same GPU, every output against the last
+layer and pooler, and ONNX Runtime's CUDA graphs, side by side in one process.
+
+    python -m benchmarks.cuda --model-dir DIR --checkpoint CKPT [--shapes 1x128 8x128 32x512] [--repeats 20]
+
+DIR is a folder written by ``bert-onnx export CKPT --variants fp32,opt,fp16`` (fp16's gate runs on CUDA, so export
+it on the GPU machine). Engines, each timed on the same random ids (full attention mask), interleaved round by round:
+
+- ``bert-onnx-VARIANT``: ``Encoder(DIR, device="cuda", variant=VARIANT).run``, every output copied to host memory
+  (last_hidden_state, pooler_output where the model has one, and every hidden state), and ``... last+pooler``:
+  ``output_hidden_states=False``, only those two copied (:class:`bert_onnx.runtime.runners.OnnxRuntimeRunner`'s IO
+  binding leaves the rest on the device);
+- ``pytorch-fp16-sdpa``: transformers' model in fp16 with ``attn_implementation="sdpa"``, under ``torch.no_grad``,
+  the same outputs copied to host memory (``.cpu()``, which waits for the GPU), both ways;
+- ``ort-cuda-graph-VARIANT last+pooler``: ONNX Runtime with ``enable_cuda_graph`` on one session per shape (a CUDA
+  graph replays one shape), inputs and outputs bound to fixed device buffers, the ids copied in place, the two
+  outputs copied to host memory. The first run captures the graph; warm-up rounds absorb it.
+
+A row that cannot run here (no CUDA, or ONNX Runtime refuses to capture a graph) is written with its reason instead
+of a time. ``--device cpu`` runs the same engines on the CPU (PyTorch in fp32: fp16 on a CPU measures nothing
+useful), to check the script before spending GPU time on it.
+
+The issue's targets, read off the table: bert-base 1 × 128 fp16 with a CUDA graph ≤ 0.7 ms; every output at 32 × 512
+≤ 2× last+pooler.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import harness
+from benchmarks.harness import Column
+from bert_onnx import timing
+
+SHAPES = [(1, 128), (8, 128), (32, 512)]
+LAST_AND_POOLER = ("last_hidden_state", "pooler_output")
+COLUMNS = [
+    Column("engine", "engine"),
+    harness.SHAPE_COLUMN,
+    *harness.TIMING_COLUMNS,
+    Column("seq/s", "sequences_per_s", ".1f"),
+    Column("× PyTorch same outputs", "x_pytorch", ".2f"),
+    Column("not run", "skipped"),
+]
+
+Call = Callable[[], object]
+
+
+def pytorch_engines(checkpoint: Path, device: str, ids: np.ndarray, mask: np.ndarray) -> dict[str, Call]:
+    """transformers' model with SDPA attention, fp16 on CUDA (fp32 on the CPU), both output sets copied to host."""
+    import torch
+    import transformers
+
+    from bert_onnx.export.graph import read_family
+
+    family = read_family(checkpoint)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = getattr(transformers, family.model_class).from_pretrained(
+        checkpoint, attn_implementation="sdpa", dtype=dtype
+    )
+    model = model.to(device).eval()
+    loaded = (next(model.parameters()).dtype, model.config._attn_implementation)
+    if loaded != (dtype, "sdpa"):  # an older transformers would drop an argument it does not know, silently
+        raise RuntimeError(f"asked transformers for {dtype} with sdpa attention, it loaded {loaded}")
+    feeds = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+    label = "pytorch-fp16-sdpa" if device == "cuda" else "pytorch-fp32-sdpa"
+
+    def forward(every: bool) -> object:
+        with torch.no_grad():
+            out = model(**feeds, output_hidden_states=every)
+        tensors = [out.last_hidden_state] + (
+            [out.pooler_output] if getattr(out, "pooler_output", None) is not None else []
+        )
+        tensors += list(out.hidden_states) if every else []
+        return [t.cpu() for t in tensors]  # .cpu() waits for the GPU: the call ends with the values on the host
+
+    return {label: partial(forward, True), f"{label} last+pooler": partial(forward, False)}
+
+
+def encoder_engines(model_dir: Path, device: str, variant: str, ids: np.ndarray, mask: np.ndarray) -> dict[str, Call]:
+    from bert_onnx.runtime import Encoder
+
+    encoder = Encoder(model_dir, device=device, variant=variant)
+    name = f"bert-onnx-{variant}"
+    return {
+        name: lambda: encoder.run(ids, mask),
+        f"{name} last+pooler": lambda: encoder.run(ids, mask, output_hidden_states=False),
+    }
+
+
+def cuda_graph_engine(model_dir: Path, variant: str, ids: np.ndarray, mask: np.ndarray, device: str = "cuda") -> Call:
+    """One session capturing a CUDA graph for this shape, returning ``last_hidden_state`` and ``pooler_output``;
+    raises RuntimeError with the reason if it cannot. ``device="cpu"`` binds the same buffers in host memory on the
+    CPU provider, without a graph (what the tests can check without a GPU)."""
+    import onnxruntime as ort
+
+    from bert_onnx import choices
+    from bert_onnx.manifest import Manifest
+
+    manifest = Manifest.read(model_dir)
+    if variant not in manifest.variants:
+        raise RuntimeError(f"{model_dir} holds no {variant} graph")
+    provider: Any = "CPUExecutionProvider"
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(f"this onnxruntime has no CUDA provider ({', '.join(ort.get_available_providers())})")
+        provider = ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_dir / choices.CHOICES[variant].file), options, providers=[provider])
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    bound = {i.name: ort.OrtValue.ortvalue_from_numpy(feeds[i.name], device, 0) for i in session.get_inputs()}
+    binding = session.io_binding()
+    for name, value in bound.items():
+        binding.bind_ortvalue_input(name, value)
+    outputs = {}
+    for output in session.get_outputs():
+        shape = (*ids.shape, manifest.hidden_size) if len(output.shape) == 3 else (ids.shape[0], manifest.hidden_size)
+        dtype = np.float16 if output.type == "tensor(float16)" else np.float32
+        outputs[output.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
+        binding.bind_ortvalue_output(output.name, outputs[output.name])
+    try:
+        session.run_with_iobinding(binding)  # on CUDA, this first run captures the graph
+    except Exception as exc:  # ONNX Runtime raises its own exception types for a graph it cannot capture
+        raise RuntimeError(f"ONNX Runtime could not run the bound graph: {exc}") from exc
+    wanted = [name for name in LAST_AND_POOLER if name in outputs]
+
+    def call() -> list[np.ndarray]:
+        bound["input_ids"].update_inplace(ids)  # new ids each call, as a server would have, in the same buffer
+        session.run_with_iobinding(binding)
+        return [outputs[name].numpy() for name in wanted]
+
+    return call
+
+
+def engines_at(args: argparse.Namespace, ids: np.ndarray, mask: np.ndarray) -> tuple[dict[str, Call], dict[str, str]]:
+    """The engines that run here at this shape, and the reason each of the others does not."""
+    found: dict[str, Call] = {}
+    skipped: dict[str, str] = {}
+    found.update(pytorch_engines(args.checkpoint, args.device, ids, mask))
+    for variant in args.variants:
+        found.update(encoder_engines(args.model_dir, args.device, variant, ids, mask))
+        name = f"ort-cuda-graph-{variant} last+pooler"
+        if args.device != "cuda":
+            skipped[name] = "CUDA graphs need --device cuda"
+            continue
+        try:
+            found[name] = cuda_graph_engine(args.model_dir, variant, ids, mask)
+        except RuntimeError as exc:
+            skipped[name] = str(exc)
+    return found, skipped
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import json
+
+    vocab = json.loads((args.model_dir / "config.json").read_text())["vocab_size"]
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, Any]] = []
+    torch_label = "pytorch-fp16-sdpa" if args.device == "cuda" else "pytorch-fp32-sdpa"
+    for batch, sequence in args.shapes:
+        ids, mask = harness.random_inputs(rng, vocab, batch, sequence)
+        found, skipped = engines_at(args, ids, mask)
+        timings = timing.compare(found, args.repeats, warmup=args.warmup, min_seconds=args.min_seconds)
+        for name, measured in timings.items():
+            reference = f"{torch_label} last+pooler" if name.endswith("last+pooler") else torch_label
+            row = {"engine": name, "batch": batch, "sequence": sequence, "device": args.device}
+            row.update(harness.timing_row(measured, batch, per="sequences"))
+            row["x_pytorch"] = harness.ratio(timings, name, reference)
+            rows.append(row)
+        rows += [{"engine": n, "batch": batch, "sequence": sequence, "skipped": why} for n, why in skipped.items()]
+        harness.note(f"{batch} × {sequence}: {len(timings)} engines timed, {len(skipped)} not run")
+    return rows
+
+
+def _shape(text: str) -> tuple[int, int]:
+    batch, _, sequence = text.partition("x")
+    return int(batch), int(sequence)
+
+
+def main() -> None:
+    parser = harness.arguments(__doc__, checkpoint="required", threads=None, repeats=20)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--variants", nargs="+", default=["fp16", "fp32"], help="graphs to run (default: fp16 fp32)")
+    parser.add_argument(
+        "--shapes", nargs="+", type=_shape, default=SHAPES, help="BATCHxSEQUENCE (default: %(default)s)"
+    )
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=0.2, help="shortest measurement (default: 0.2 s)")
+    args = parser.parse_args()
+    rows = run(args)
+    label = (
+        f"CUDA graphs and PyTorch SDPA side by side on {args.device}, {args.repeats} interleaved rounds. {args.label}"
+    )
+    harness.write(args.out, "cuda", {"rows": rows}, harness.table(rows, COLUMNS), label, packages=("torch",))
+
+
+if __name__ == "__main__":
+    main()
