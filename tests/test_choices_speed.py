@@ -19,7 +19,7 @@ import pytest
 from helpers import checkpoint_path
 
 from bert_onnx import choices, gates, interface, tuning
-from bert_onnx.export import export_model
+from bert_onnx.export import export_model, openvino_int8
 from bert_onnx.export.corpus import CORPORA, informal_texts, split
 from bert_onnx.export.pipeline import _cannot_gate_here
 from bert_onnx.gates import INT8_GATE, References
@@ -28,6 +28,9 @@ from bert_onnx.runtime import Encoder
 
 EMBEDDINGS_GATED = [c.name for c in choices.CHOICES.values() if c.gate.kind == choices.EMBEDDINGS]
 NEW = ["opt-int8", "openvino-int8", "openvino-int8-bf16"]
+# The tiny checkpoint's OpenVINO int8 tests check files and what is stored, not calibration: a few texts per corpus
+# calibrate it (each OpenVINO int8 rung calibrates again, 6 times in `--variants all` where the gate cannot be met).
+FEW_CALIBRATION_TEXTS = 8
 
 
 def _stored(folder: Path, name: str) -> bool:
@@ -140,6 +143,7 @@ def tiny_openvino_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gates, "INT8_GATE", dict.fromkeys(gates.INT8_GATE, -1.0))
         patch.setattr(gates, "INT8_BATCH_TOLERANCE", 1.0)
+        patch.setattr(openvino_int8, "CALIBRATION_TEXTS", FEW_CALIBRATION_TEXTS)
         export_model(str(checkpoint_path("tiny")), target, variants="openvino-int8", log=lambda m: None)
     return target
 
@@ -189,6 +193,7 @@ def test_under_all_a_choice_that_fails_its_gate_is_not_stored(tmp_path: Path, mo
     """A gate no quantized graph can meet, standing in for a checkpoint int8 damages: ``--variants all`` leaves the
     int8 choices out, with their numbers, and writes the rest; naming one fails the export (test_variants)."""
     monkeypatch.setattr(gates, "INT8_GATE", {**gates.INT8_GATE, "top-10 agreement": 1.01})
+    monkeypatch.setattr(openvino_int8, "CALIBRATION_TEXTS", FEW_CALIBRATION_TEXTS)
     manifest = export_model(str(checkpoint_path("tiny")), tmp_path / "out", variants="all", log=lambda m: None)
     not_stored = manifest.extra["variants_not_stored"]
     gated = [n for n in EMBEDDINGS_GATED if not _cannot_gate_here(choices.get(n))]
