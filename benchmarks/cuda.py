@@ -1,5 +1,5 @@
-"""On a GPU: our CUDA graphs against PyTorch fp16 with SDPA attention on the same GPU, every output against the last
-layer and pooler, and ONNX Runtime's CUDA graphs, side by side in one process.
+"""On a GPU: our CUDA variants against PyTorch fp16 with SDPA attention on the same GPU, every output against the last
+layer and pooler, ONNX Runtime's CUDA graphs, and pinned or fp16 outputs, side by side in one process.
 
     python -m benchmarks.cuda --model-dir DIR --checkpoint CKPT [--shapes 1x128 8x128 32x512] [--repeats 20]
 
@@ -12,13 +12,21 @@ it on the GPU machine). Engines, each timed on the same random ids (full attenti
   binding leaves the rest on the device);
 - ``pytorch-fp16-sdpa``: transformers' model in fp16 with ``attn_implementation="sdpa"``, under ``torch.no_grad``,
   the same outputs copied to host memory (``.cpu()``, which waits for the GPU), both ways;
-- ``ort-cuda-graph-VARIANT last+pooler``: ONNX Runtime with ``enable_cuda_graph`` on one session per shape (a CUDA
-  graph replays one shape), inputs and outputs bound to fixed device buffers, the ids copied in place, the two
-  outputs copied to host memory. The first run captures the graph; warm-up rounds absorb it.
+- ``ort-cuda-graph-VARIANT last+pooler`` and ``ort-cuda-graph-VARIANT`` (every output): ONNX Runtime with
+  ``enable_cuda_graph`` on one session per shape (a CUDA graph replays one shape), inputs and outputs bound to fixed
+  device buffers, the ids copied in place, the outputs copied to host memory. The first run captures the graph;
+  warm-up rounds absorb it;
+- ``ort-bound-VARIANT pinned outputs``: every output bound to page-locked host memory (``cuda_pinned``), so the GPU
+  writes them there during the run and no copy follows;
+- ``ort-bound-VARIANT fp16 outputs``: the graph with a float16 Cast on every output (made in a temporary folder),
+  halving the bytes copied to the host.
 
-A row that cannot run here (no CUDA, or ONNX Runtime refuses to capture a graph) is written with its reason instead
-of a time. ``--device cpu`` runs the same engines on the CPU (PyTorch in fp32: fp16 on a CPU measures nothing
-useful), to check the script before spending GPU time on it.
+The "÷ last+pooler" column divides each every-output engine's time by its runtime's last+pooler time (ours by
+``bert-onnx-VARIANT last+pooler``).
+
+A row that cannot run here (no CUDA, or ONNX Runtime refuses to capture a graph or bind pinned memory) is written
+with its reason instead of a time. ``--device cpu`` runs the same engines on the CPU (PyTorch in fp32: fp16 on a
+CPU measures nothing useful), to check the script before spending GPU time on it.
 
 The issue's targets, read off the table: bert-base 1 × 128 fp16 with a CUDA graph ≤ 0.7 ms; every output at 32 × 512
 ≤ 2× last+pooler.
@@ -46,6 +54,7 @@ COLUMNS = [
     *harness.TIMING_COLUMNS,
     Column("seq/s", "sequences_per_s", ".1f"),
     Column("× PyTorch same outputs", "x_pytorch", ".2f"),
+    Column("÷ last+pooler", "over_last_and_pooler", ".2f"),
     Column("not run", "skipped"),
 ]
 
@@ -94,49 +103,103 @@ def encoder_engines(model_dir: Path, device: str, variant: str, ids: np.ndarray,
     }
 
 
-def cuda_graph_engine(model_dir: Path, variant: str, ids: np.ndarray, mask: np.ndarray, device: str = "cuda") -> Call:
-    """One session capturing a CUDA graph for this shape, returning ``last_hidden_state`` and ``pooler_output``;
-    raises RuntimeError with the reason if it cannot. ``device="cpu"`` binds the same buffers in host memory on the
-    CPU provider, without a graph (what the tests can check without a GPU)."""
+def _with_fp16_outputs(path: Path, folder: Path) -> Path:
+    """A copy of the graph at ``path`` in ``folder`` whose every output is cast to float16 on the device."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        inner = f"{output.name}/float32"
+        for node in model.graph.node:
+            node.output[:] = [inner if name == output.name else name for name in node.output]
+            node.input[:] = [inner if name == output.name else name for name in node.input]
+        model.graph.node.append(helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT16))
+        output.type.tensor_type.elem_type = TensorProto.FLOAT16
+    target = folder / path.name
+    onnx.save(model, str(target), save_as_external_data=False)
+    return target
+
+
+def bound_engine(
+    model_dir: Path,
+    variant: str,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    *,
+    device: str = "cuda",
+    cuda_graph: bool = False,
+    every_output: bool = False,
+    pinned: bool = False,
+    fp16_outputs: bool = False,
+) -> Call:
+    """One session with its inputs and outputs bound to fixed buffers for this shape, returning ``last_hidden_state``
+    and ``pooler_output`` (every output with ``every_output``) as host arrays; raises RuntimeError with the reason if
+    it cannot run.
+
+    ``cuda_graph``: ONNX Runtime captures a CUDA graph on the first run and replays it. ``pinned``: the outputs are
+    bound to page-locked host memory, so the GPU writes them there itself instead of a copy after the run.
+    ``fp16_outputs``: the graph casts every output to float16 on the device, halving what crosses to the host.
+    ``device="cpu"`` binds host buffers on the CPU provider (what the tests can check without a GPU)."""
+    import tempfile
+
     import onnxruntime as ort
 
     from bert_onnx import choices
     from bert_onnx.manifest import Manifest
 
-    manifest = Manifest.read(model_dir)
-    if variant not in manifest.variants:
+    if variant not in Manifest.read(model_dir).variants:
         raise RuntimeError(f"{model_dir} holds no {variant} graph")
     provider: Any = "CPUExecutionProvider"
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError(f"this onnxruntime has no CUDA provider ({', '.join(ort.get_available_providers())})")
-        provider = ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})
+        provider = ("CUDAExecutionProvider", {"enable_cuda_graph": "1" if cuda_graph else "0"})
+    elif cuda_graph or pinned:
+        raise RuntimeError("CUDA graphs and pinned host buffers need --device cuda")
+    path = model_dir / choices.CHOICES[variant].file
+    scratch = tempfile.TemporaryDirectory()  # held by the call below: the cast copy lives as long as the session
+    if fp16_outputs:
+        path = _with_fp16_outputs(path, Path(scratch.name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_dir / choices.CHOICES[variant].file), options, providers=[provider])
+    session = ort.InferenceSession(str(path), options, providers=[provider])
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     bound = {i.name: ort.OrtValue.ortvalue_from_numpy(feeds[i.name], device, 0) for i in session.get_inputs()}
     binding = session.io_binding()
     for name, value in bound.items():
         binding.bind_ortvalue_input(name, value)
+    sizes = {"batch": ids.shape[0], "sequence": ids.shape[1]}
     outputs = {}
     for output in session.get_outputs():
-        shape = (*ids.shape, manifest.hidden_size) if len(output.shape) == 3 else (ids.shape[0], manifest.hidden_size)
+        shape = [d if isinstance(d, int) else sizes[d] for d in output.shape]
         dtype = np.float16 if output.type == "tensor(float16)" else np.float32
-        outputs[output.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
+        outputs[output.name] = ort.OrtValue.ortvalue_from_shape_and_type(
+            shape, dtype, "cuda_pinned" if pinned else device, 0
+        )
         binding.bind_ortvalue_output(output.name, outputs[output.name])
     try:
-        session.run_with_iobinding(binding)  # on CUDA, this first run captures the graph
-    except Exception as exc:  # ONNX Runtime raises its own exception types for a graph it cannot capture
+        session.run_with_iobinding(binding)  # with a CUDA graph, this first run captures it
+    except Exception as exc:  # ONNX Runtime raises its own exception types for a graph it cannot capture or bind
         raise RuntimeError(f"ONNX Runtime could not run the bound graph: {exc}") from exc
-    wanted = [name for name in LAST_AND_POOLER if name in outputs]
+    wanted = list(outputs) if every_output else [name for name in LAST_AND_POOLER if name in outputs]
 
     def call() -> list[np.ndarray]:
+        scratch.name  # noqa: B018  (keeps the folder of the cast copy alive with the session)
         bound["input_ids"].update_inplace(ids)  # new ids each call, as a server would have, in the same buffer
         session.run_with_iobinding(binding)
         return [outputs[name].numpy() for name in wanted]
 
     return call
+
+
+# engine name -> how bound_engine runs it; the name's suffix says which outputs it returns
+BOUND = {
+    "ort-cuda-graph-{} last+pooler": {"cuda_graph": True},
+    "ort-cuda-graph-{}": {"cuda_graph": True, "every_output": True},
+    "ort-bound-{} pinned outputs": {"every_output": True, "pinned": True},
+    "ort-bound-{} fp16 outputs": {"every_output": True, "fp16_outputs": True},
+}
 
 
 def engines_at(args: argparse.Namespace, ids: np.ndarray, mask: np.ndarray) -> tuple[dict[str, Call], dict[str, str]]:
@@ -146,15 +209,23 @@ def engines_at(args: argparse.Namespace, ids: np.ndarray, mask: np.ndarray) -> t
     found.update(pytorch_engines(args.checkpoint, args.device, ids, mask))
     for variant in args.variants:
         found.update(encoder_engines(args.model_dir, args.device, variant, ids, mask))
-        name = f"ort-cuda-graph-{variant} last+pooler"
-        if args.device != "cuda":
-            skipped[name] = "CUDA graphs need --device cuda"
-            continue
-        try:
-            found[name] = cuda_graph_engine(args.model_dir, variant, ids, mask)
-        except RuntimeError as exc:
-            skipped[name] = str(exc)
+        for pattern, how in BOUND.items():
+            name = pattern.format(variant)
+            try:
+                found[name] = bound_engine(args.model_dir, variant, ids, mask, device=args.device, **how)
+            except RuntimeError as exc:
+                skipped[name] = str(exc)
     return found, skipped
+
+
+def _last_and_pooler_of(name: str, variants: list[str], torch_label: str) -> str | None:
+    """For an engine returning every output, the engine of the same runtime returning last+pooler only."""
+    if name.endswith("last+pooler"):
+        return None
+    if name.startswith("pytorch"):
+        return f"{torch_label} last+pooler"
+    variant = next(v for v in sorted(variants, key=len, reverse=True) if f"-{v}" in name)
+    return f"bert-onnx-{variant} last+pooler"
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -173,6 +244,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             row = {"engine": name, "batch": batch, "sequence": sequence, "device": args.device}
             row.update(harness.timing_row(measured, batch, per="sequences"))
             row["x_pytorch"] = harness.ratio(timings, name, reference)
+            own = _last_and_pooler_of(name, args.variants, torch_label)
+            if own is not None and own in timings:  # how much every output costs over the two outputs alone
+                row["over_last_and_pooler"] = measured.median / timings[own].median
             rows.append(row)
         rows += [{"engine": n, "batch": batch, "sequence": sequence, "skipped": why} for n, why in skipped.items()]
         harness.note(f"{batch} × {sequence}: {len(timings)} engines timed, {len(skipped)} not run")
