@@ -53,7 +53,7 @@ for variant in ("fp32", "opt", "fp16"):
 print("default CUDA variant:", Encoder(folder, device="cuda").variant)
 PY
 python3 -m benchmarks.cuda --model-dir "$out" --checkpoint "$cache/checkpoints/bert-base-uncased-arch-random-weights" \
-    --repeats 10 --label "bert-base shape, RANDOM weights" --out "$results" || status=1
+    --variants fp16 opt fp32 --repeats 10 --label "bert-base shape, RANDOM weights" --out "$results" || status=1
 export BERT_ONNX_PROFILE_DIR=/tmp/bert-onnx-profiles
 python3 -m bert_onnx verify "$out" --device cuda -q || status=1
 python3 -m bert_onnx tune "$out" --device cuda -q || status=1

@@ -82,3 +82,29 @@ def test_a_bound_engine_refuses_a_graph_the_folder_lacks(export_dir: Callable[[s
     ids = np.ones((1, 4), dtype=np.int64)
     with pytest.raises(RuntimeError, match="holds no fp16 graph"):
         cuda.bound_engine(export_dir("tiny"), "fp16", ids, ids, device="cpu")
+
+
+def test_an_engine_that_fails_is_a_row_with_its_reason_not_a_crash(
+    export_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GPU time is short: one engine raising (here a stand-in for a CUDA error) must not lose the other rows."""
+    from benchmarks import cuda
+
+    def broken() -> None:
+        raise ValueError("out of device memory")
+
+    real = cuda.encoder_engines
+    monkeypatch.setattr(cuda, "encoder_engines", lambda *a: {**real(*a), "broken": broken})
+    args = argparse.Namespace(
+        model_dir=export_dir("tiny"),
+        checkpoint=checkpoint_path("tiny"),
+        device="cpu",
+        variants=["fp32"],
+        shapes=[(1, 8)],
+        repeats=1,
+        warmup=1,
+        min_seconds=0.0,
+    )
+    rows = {row["engine"]: row for row in cuda.run(args)}
+    assert rows["broken"]["skipped"] == "failed: ValueError: out of device memory"
+    assert rows["bert-onnx-fp32"]["median_ms"] > 0
