@@ -252,9 +252,18 @@ def engines_at(args: argparse.Namespace, ids: np.ndarray, mask: np.ndarray) -> t
     """The engines that run here at this shape, and the reason each of the others does not."""
     found: dict[str, Call] = {}
     skipped: dict[str, str] = {}
-    found.update(pytorch_engines(args.checkpoint, args.device, ids, mask))
+    builders: dict[str, Callable[[], dict[str, Call]]] = {
+        "pytorch": partial(pytorch_engines, args.checkpoint, args.device, ids, mask),
+        **{
+            f"bert-onnx-{v}": partial(encoder_engines, args.model_dir, args.device, v, ids, mask) for v in args.variants
+        },
+    }
+    for label, build in builders.items():
+        try:
+            found.update(build())
+        except Exception as exc:  # e.g. a variant the folder lacks, or CUDA failing to start
+            skipped[label] = f"failed: {type(exc).__name__}: {exc}"
     for variant in args.variants:
-        found.update(encoder_engines(args.model_dir, args.device, variant, ids, mask))
         for pattern, how in BOUND.items():
             name = pattern.format(variant)
             try:
@@ -295,7 +304,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             reference = f"{torch_label} last+pooler" if name.endswith("last+pooler") else torch_label
             row = {"engine": name, "batch": batch, "sequence": sequence, "device": args.device}
             row.update(harness.timing_row(measured, batch, per="sequences"))
-            row["x_pytorch"] = harness.ratio(timings, name, reference)
+            if reference in timings:
+                row["x_pytorch"] = harness.ratio(timings, name, reference)
             own = _last_and_pooler_of(name, args.variants, torch_label)
             if own is not None and own in timings:  # how much every output costs over the two outputs alone
                 row["over_last_and_pooler"] = measured.median / timings[own].median

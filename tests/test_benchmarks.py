@@ -108,3 +108,22 @@ def test_an_engine_that_fails_is_a_row_with_its_reason_not_a_crash(
     rows = {row["engine"]: row for row in cuda.run(args)}
     assert rows["broken"]["skipped"] == "failed: ValueError: out of device memory"
     assert rows["bert-onnx-fp32"]["median_ms"] > 0
+
+
+def test_a_variant_the_folder_lacks_is_a_row_with_its_reason(export_dir: Callable[[str], Path]) -> None:
+    from benchmarks import cuda
+
+    args = argparse.Namespace(
+        model_dir=export_dir("tiny"),
+        checkpoint=checkpoint_path("tiny"),
+        device="cpu",
+        variants=["fp16", "fp32"],
+        shapes=[(1, 8)],
+        repeats=1,
+        warmup=1,
+        min_seconds=0.0,
+    )
+    rows = {row["engine"]: row for row in cuda.run(args)}
+    assert rows["bert-onnx-fp16"]["skipped"].startswith("failed: "), rows["bert-onnx-fp16"]
+    assert "holds no fp16 graph" in rows["ort-bound-fp16 fp16 outputs"]["skipped"]
+    assert rows["bert-onnx-fp32"]["median_ms"] > 0 and rows["ort-bound-fp32 fp16 outputs"]["median_ms"] > 0
