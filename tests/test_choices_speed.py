@@ -245,3 +245,47 @@ def test_a_format_1_reference_file_still_loads_as_one_corpus(tmp_path: Path) -> 
     loaded = References.load(tmp_path / "gates.npz")
     assert [(c.name, c.texts) for c in loaded.corpora] == [("documentation", ("one", "two"))]
     assert loaded.has_embeddings
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("misses", "rungs_built"),
+    [
+        ([["top-10"], ["top-10"], []], 3),  # accuracy only: climb until a rung passes
+        ([["top-10"], []], 2),
+        ([["top-10", gates.BATCH_INVARIANCE_CHECK], ["top-10"], []], 1),  # invariance missed: stop there
+        ([[gates.BATCH_INVARIANCE_CHECK], [], []], 1),
+    ],
+)
+def test_the_openvino_int8_ladder_climbs_for_accuracy_and_stops_at_a_batch_invariance_miss(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, misses: list[list[str]], rungs_built: int
+) -> None:
+    from types import SimpleNamespace
+
+    from bert_onnx.manifest import Check, VariantRecord
+
+    ladder = [(), ("down",), ("down", "attention-out")]
+    built: list[tuple[str, ...]] = []
+    monkeypatch.setattr(openvino_int8, "calibration_feeds", lambda *a: [])
+    monkeypatch.setattr(openvino_int8, "float_ladder", lambda *a: ladder)
+    monkeypatch.setattr(openvino_int8, "write_quantized", lambda path, target, kept, feeds: built.append(kept))
+
+    def measure(details: str) -> VariantRecord:
+        missed = misses[len(built) - 1]
+        checks = [Check(name, 1.0 if name in missed else 0.0, 0.5) for name in ("top-10", gates.BATCH_INVARIANCE_CHECK)]
+        return VariantRecord("model.openvino-int8.xml", ("cpu",), details, tuple(checks))
+
+    target = tmp_path / "model.openvino-int8.xml"
+    build = SimpleNamespace(
+        choice=choices.get("openvino-int8"),
+        target=target,
+        tokenizer=None,
+        max_length=32,
+        fp32_path=tmp_path / "model.onnx",
+        measure=measure,
+        log=lambda message: None,
+    )
+    record, details = openvino_int8.make_openvino_int8(build, ["down"], 10)  # type: ignore[arg-type]
+    assert built == ladder[:rungs_built]
+    assert record.passed == (not misses[rungs_built - 1])
+    assert details == {"openvino-int8_float_nodes": list(ladder[rungs_built - 1])}
