@@ -98,13 +98,13 @@ def _per_token_graph(m: int, k: int, n: int, weight: np.ndarray) -> Any:
     return quantize_per_row(graph, unsigned_weights=not machine.has_vnni(), asymmetric=True)
 
 
-def _onnxruntime(model: Any, threads: int, activation: np.ndarray) -> Callable[[], object]:
+def _onnxruntime(model: Any, threads: int, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"A": activation})
+    return lambda: session.run(None, feeds)
 
 
 def _openvino(model: Any, precision: str, threads: int, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -138,20 +138,25 @@ def kernels(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> d
     float_activation = rng.standard_normal((m, k), np.float32)
     weights = "u8" if not machine.has_vnni() else "s8"
     found: dict[str, tuple[str, Callable]] = {
-        REFERENCE: ("onnxruntime", _onnxruntime(_graph("MatMul", m, k, n, float_weight), threads, float_activation)),
+        REFERENCE: (
+            "onnxruntime",
+            _onnxruntime(_graph("MatMul", m, k, n, float_weight), threads, {"A": float_activation}),
+        ),
         "int8 MatMulInteger u8×s8": (
             "onnxruntime",
             _onnxruntime(
-                _graph("MatMulInteger", m, k, n, int8_weight), threads, rng.integers(0, 256, (m, k), dtype=np.uint8)
+                _graph("MatMulInteger", m, k, n, int8_weight),
+                threads,
+                {"A": rng.integers(0, 256, (m, k), dtype=np.uint8)},
             ),
         ),
         "int8 DynamicQuantizeMatMul": (
             "onnxruntime",
-            _onnxruntime(_graph("DynamicQuantizeMatMul", m, k, n, int8_weight), threads, float_activation),
+            _onnxruntime(_graph("DynamicQuantizeMatMul", m, k, n, int8_weight), threads, {"A": float_activation}),
         ),
         f"int8 per-token (export's subgraph, {weights} weights)": (
             "onnxruntime",
-            _onnxruntime(_per_token_graph(m, k, n, float_weight), threads, float_activation),
+            _onnxruntime(_per_token_graph(m, k, n, float_weight), threads, {"A": float_activation}),
         ),
     }
     hints = {"fp32": "f32", "bf16": "bf16"}
@@ -211,25 +216,21 @@ def stream_kernels(threads: int, rng: np.random.Generator) -> dict[str, tuple[st
     float_feeds = {f"A{k}": rng.standard_normal((STREAM_ROWS, k), np.float32) for k in (768, 3072)}
     int8_feeds = {f"A{k}": rng.integers(0, 256, (STREAM_ROWS, k), dtype=np.uint8) for k in (768, 3072)}
 
-    def onnxruntime(model: Any, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return lambda: session.run(None, feeds)
-
     found: dict[str, tuple[str, int, Callable]] = {
-        REFERENCE: ("onnxruntime", 4 * parameters, onnxruntime(_stream_graph("MatMul", float_weights), float_feeds)),
+        REFERENCE: (
+            "onnxruntime",
+            4 * parameters,
+            _onnxruntime(_stream_graph("MatMul", float_weights), threads, float_feeds),
+        ),
         "int8 MatMulInteger u8×s8": (
             "onnxruntime",
             parameters,
-            onnxruntime(_stream_graph("MatMulInteger", int8_weights), int8_feeds),
+            _onnxruntime(_stream_graph("MatMulInteger", int8_weights), threads, int8_feeds),
         ),
         "int8 MatMulIntegerToFloat (the int8 export's op)": (
             "onnxruntime",
             parameters,
-            onnxruntime(_stream_graph("MatMulIntegerToFloat", int8_weights), int8_feeds),
+            _onnxruntime(_stream_graph("MatMulIntegerToFloat", int8_weights), threads, int8_feeds),
         ),
     }
     hints = {"fp32": ("f32", 4), "bf16": ("bf16", 2)}

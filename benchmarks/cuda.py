@@ -290,9 +290,9 @@ def _last_and_pooler_of(name: str, variants: list[str], torch_label: str) -> str
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import json
+    from bert_onnx.manifest import Manifest
 
-    vocab = json.loads((args.model_dir / "config.json").read_text())["vocab_size"]
+    vocab = Manifest.read(args.model_dir).vocab_size
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
     torch_label = "pytorch-fp16-sdpa" if args.device == "cuda" else "pytorch-fp32-sdpa"

@@ -14,19 +14,24 @@ from helpers import checkpoint_path
 pytestmark = pytest.mark.fast
 
 
-def test_cuda_benchmark_runs_on_the_cpu_and_names_what_it_cannot_run(export_dir: Callable[[str], Path]) -> None:
-    from benchmarks import cuda
-
-    args = argparse.Namespace(
-        model_dir=export_dir("tiny"),
+def _cpu_args(folder: Path, variants: list[str], shapes: list[tuple[int, int]]) -> argparse.Namespace:
+    """benchmarks.cuda's options for one quick round on the CPU with the tiny checkpoint."""
+    return argparse.Namespace(
+        model_dir=folder,
         checkpoint=checkpoint_path("tiny"),
         device="cpu",
-        variants=["fp32"],
-        shapes=[(2, 8)],
+        variants=variants,
+        shapes=shapes,
         repeats=1,
         warmup=1,
         min_seconds=0.0,
     )
+
+
+def test_cuda_benchmark_runs_on_the_cpu_and_names_what_it_cannot_run(export_dir: Callable[[str], Path]) -> None:
+    from benchmarks import cuda
+
+    args = _cpu_args(export_dir("tiny"), ["fp32"], [(2, 8)])
     rows = {row["engine"]: row for row in cuda.run(args)}
     timed = [
         "pytorch-fp32-sdpa",
@@ -95,16 +100,7 @@ def test_an_engine_that_fails_is_a_row_with_its_reason_not_a_crash(
 
     real = cuda.encoder_engines
     monkeypatch.setattr(cuda, "encoder_engines", lambda *a: {**real(*a), "broken": broken})
-    args = argparse.Namespace(
-        model_dir=export_dir("tiny"),
-        checkpoint=checkpoint_path("tiny"),
-        device="cpu",
-        variants=["fp32"],
-        shapes=[(1, 8)],
-        repeats=1,
-        warmup=1,
-        min_seconds=0.0,
-    )
+    args = _cpu_args(export_dir("tiny"), ["fp32"], [(1, 8)])
     rows = {row["engine"]: row for row in cuda.run(args)}
     assert rows["broken"]["skipped"] == "failed: ValueError: out of device memory"
     assert rows["bert-onnx-fp32"]["median_ms"] > 0
@@ -113,16 +109,7 @@ def test_an_engine_that_fails_is_a_row_with_its_reason_not_a_crash(
 def test_a_variant_the_folder_lacks_is_a_row_with_its_reason(export_dir: Callable[[str], Path]) -> None:
     from benchmarks import cuda
 
-    args = argparse.Namespace(
-        model_dir=export_dir("tiny"),
-        checkpoint=checkpoint_path("tiny"),
-        device="cpu",
-        variants=["fp16", "fp32"],
-        shapes=[(1, 8)],
-        repeats=1,
-        warmup=1,
-        min_seconds=0.0,
-    )
+    args = _cpu_args(export_dir("tiny"), ["fp16", "fp32"], [(1, 8)])
     rows = {row["engine"]: row for row in cuda.run(args)}
     assert rows["bert-onnx-fp16"]["skipped"].startswith("failed: "), rows["bert-onnx-fp16"]
     assert "holds no fp16 graph" in rows["ort-bound-fp16 fp16 outputs"]["skipped"]

@@ -74,7 +74,7 @@ def check_precision(precision: str) -> None:
 def _public_name(port: Any) -> str:
     """An output's name as the export gave it (``hidden_states.0``), not another name of the same tensor."""
     names = sorted(port.get_names())
-    ours = [n for n in names if n in ("last_hidden_state", "pooler_output") or n.startswith("hidden_states.")]
+    ours = [n for n in names if n in HEAD_OUTPUTS or n.startswith("hidden_states.")]
     return ours[0] if ours else port.get_any_name()
 
 
