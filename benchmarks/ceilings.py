@@ -8,9 +8,11 @@ and a large square one:
 - ONNX Runtime fp32 ``MatMul``;
 - ONNX Runtime int8 ``MatMulInteger`` (u8 activations × s8 weights, what dynamic quantization emits) and
   ``DynamicQuantizeMatMul`` (the fused op ONNX Runtime runs for it, quantization of the activations included);
+  without VNNI these run the u8 × s8 kernels that clip full-range 8-bit products (their speed, not exact results);
 - the per-token int8 path our int8 export builds (:func:`bert_onnx.export.int8.quantize_per_row` applied to one
   MatMul: per-row absmax, ``QuantizeLinear`` with a scale per row, ``MatMulIntegerToFloat``, the row-scale ``Mul``),
-  with the weight type the export picks on this CPU (s8 with VNNI, u8 without);
+  once for each weight encoding an int8 export tries on this CPU (s8 with VNNI; without VNNI 7-bit s8, then u8:
+  :func:`bert_onnx.machine.int8_weight_encodings`);
 - OpenVINO fp32 and bf16: one ``MatMul`` graph compiled with ``INFERENCE_PRECISION_HINT`` f32 or bf16 (bf16 where
   OpenVINO reports BF16). OpenVINO runs bf16 GEMM on AMX tiles where the CPU has them (``amx_bf16``), on
   AVX512_BF16 otherwise; the results record which of those flags ``/proc/cpuinfo`` shows.
@@ -89,13 +91,13 @@ def _graph(op: str, m: int, k: int, n: int, weight: np.ndarray) -> Any:
     return _model([node], inputs, [helper.make_tensor_value_info("Y", y_type, [m, n])], initializers)
 
 
-def _per_token_graph(m: int, k: int, n: int, weight: np.ndarray) -> Any:
+def _per_token_graph(m: int, k: int, n: int, weight: np.ndarray, weights: str) -> Any:
     """One float MatMul turned into the per-token int8 subgraph by the export's own function, with the export's
-    recipe (asymmetric rows and columns: bert_onnx.export.variants.build_int8)."""
+    recipe (asymmetric rows and columns: bert_onnx.export.variants.build_int8) and ``weights``' encoding."""
     from bert_onnx.export.int8 import quantize_per_row
 
     graph = _graph("MatMul", m, k, n, weight)
-    return quantize_per_row(graph, unsigned_weights=not machine.has_vnni(), asymmetric=True)
+    return quantize_per_row(graph, weights=weights, asymmetric=True)
 
 
 def _onnxruntime(model: Any, threads: int, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -136,7 +138,6 @@ def kernels(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> d
     float_weight = rng.standard_normal((k, n), dtype=np.float32)
     int8_weight = rng.integers(-127, 128, (k, n), dtype=np.int8)
     float_activation = rng.standard_normal((m, k), np.float32)
-    weights = "u8" if not machine.has_vnni() else "s8"
     found: dict[str, tuple[str, Callable]] = {
         REFERENCE: (
             "onnxruntime",
@@ -154,11 +155,12 @@ def kernels(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> d
             "onnxruntime",
             _onnxruntime(_graph("DynamicQuantizeMatMul", m, k, n, int8_weight), threads, {"A": float_activation}),
         ),
-        f"int8 per-token (export's subgraph, {weights} weights)": (
-            "onnxruntime",
-            _onnxruntime(_per_token_graph(m, k, n, float_weight), threads, {"A": float_activation}),
-        ),
     }
+    for weights in machine.int8_weight_encodings():
+        found[f"int8 per-token (export's subgraph, {weights} weights)"] = (
+            "onnxruntime",
+            _onnxruntime(_per_token_graph(m, k, n, float_weight, weights), threads, {"A": float_activation}),
+        )
     hints = {"fp32": "f32", "bf16": "bf16"}
     for precision in harness.openvino_precisions():
         units = f", {bf16_units()}" if precision == "bf16" else ""

@@ -71,10 +71,16 @@ def describe() -> dict[str, Any]:
 
 # Instruction sets with an int8 dot product that accumulates u8 x s8 products straight into int32 (VPDPBUSD).
 # Without one, ONNX Runtime's u8 x s8 kernels add pairs of products in saturating int16 (VPMADDUBSW), which
-# clips the large products per-token int8 makes: there, int8 graphs store unsigned weights (u8 x u8 kernels
-# widen to int16 first and never clip). See bert_onnx.export.int8.
+# clips the large products per-token int8 makes with 8-bit weights. See bert_onnx.export.int8.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def has_vnni() -> bool:
     return bool(cpu_flags() & set(VNNI_FLAGS))
+
+
+def int8_weight_encodings() -> tuple[str, ...]:
+    """The int8 weight encodings (bert_onnx.export.int8.WEIGHT_ENCODINGS) an export tries on this CPU, fastest
+    first; each computes exact integers here. With VNNI: signed 8-bit. Without: signed 7-bit (u8 x s8 kernels
+    whose int16 pair sums cannot clip), then 8-bit stored unsigned (u8 x u8 kernels: finer, slower)."""
+    return ("s8",) if has_vnni() else ("s7", "u8")

@@ -87,7 +87,9 @@ def test_int8_is_batch_invariant_at_export(variants_dir: Path) -> None:
     record = Manifest.read(variants_dir).variants["int8"]
     check = next(c for c in record.checks if c.name == "batch invariance max abs diff")
     assert check.limit == 1e-4 and check.value <= check.limit
-    assert Manifest.read(variants_dir).extra["int8_weights"] == ("s8" if machine.has_vnni() else "u8")
+    weights = Manifest.read(variants_dir).extra["int8_weights"]
+    assert weights in machine.int8_weight_encodings()  # s8 with VNNI; s7 or u8 without: exact on this CPU
+    assert {"s8": "s8 weights (VNNI)", "s7": "7-bit s8 weights", "u8": "u8 weights"}[weights] in record.gate
 
 
 def test_signed_int8_weights_on_a_cpu_without_vnni(
@@ -111,6 +113,25 @@ def test_signed_int8_weights_on_a_cpu_without_vnni(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Encoder(folder, variant="int8").variant == "int8"
+
+
+def test_clipping_is_judged_per_onnx_runtime_int8_choice(variants_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 and opt-int8 record their own weights; a folder from before records one for both; OpenVINO's int8 is
+    compiled for the CPU it runs on, so never flagged."""
+    from bert_onnx.runtime.backends import int8_clips_here
+
+    manifest = Manifest.read(variants_dir)
+    for name in ("opt-int8", "openvino-int8"):
+        manifest.variants[name] = manifest.variants["int8"]
+    manifest.extra.update(int8_weights="s8", opt_int8_weights="s7")
+    monkeypatch.setattr(machine, "has_vnni", lambda: False)
+    assert "signed 8-bit" in str(int8_clips_here(manifest, choices.get("int8")))
+    assert int8_clips_here(manifest, choices.get("opt-int8")) is None
+    assert int8_clips_here(manifest, choices.get("openvino-int8")) is None
+    del manifest.extra["opt_int8_weights"]
+    assert "signed 8-bit" in str(int8_clips_here(manifest, choices.get("opt-int8")))
+    monkeypatch.setattr(machine, "has_vnni", lambda: True)
+    assert int8_clips_here(manifest, choices.get("int8")) is None
 
 
 def test_without_a_tuned_profile_the_default_is_fp32(variants_dir: Path, export_dir: Callable[[str], Path]) -> None:
@@ -205,6 +226,59 @@ def test_int8_ladder_tries_all_int8_then_ffn_down_projections_in_float(variants_
     assert ladder == [[], down[:1], down[:2], down[:3]]
     gate = Manifest.read(variants_dir).variants["int8"].gate
     assert "FFN down-projection(s) kept in float" in gate
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_rungs_try_the_fastest_exact_weights_first(
+    variants_dir: Path, monkeypatch: pytest.MonkeyPatch, vnni: bool
+) -> None:
+    from bert_onnx.export.variants import int8_ladder, int8_rungs
+    from bert_onnx.families import BERT
+
+    monkeypatch.setattr(machine, "has_vnni", lambda: vnni)
+    path = variants_dir / interface.MODEL_FILE
+    ladder = int8_ladder(path, BERT.down_projections)
+    rungs = int8_rungs(path, BERT.down_projections)
+    if vnni:
+        assert rungs == [("s8", nodes) for nodes in ladder]
+    else:  # 7-bit weights with every MatMul in int8, then 8-bit (unsigned) weights up the float ladder
+        assert rungs == [("s7", []), *(("u8", nodes) for nodes in ladder)]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("choice", ["int8", "opt-int8"])
+@pytest.mark.parametrize(("passing", "expected"), [(0, ("s7", 0)), (1, ("u8", 0)), (3, ("u8", 2)), (9, ("u8", 3))])
+def test_int8_climb_stops_at_the_first_passing_rung_and_records_its_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, choice: str, passing: int, expected: tuple[str, int]
+) -> None:
+    """Without VNNI: s7 first, then u8 with 0..3 float down-projections; the rung that passed (or the last one) is
+    what the folder holds, and its weights are recorded under the choice's own key for the runtime."""
+    from types import SimpleNamespace
+
+    from bert_onnx.export import variants
+    from bert_onnx.manifest import Check, VariantRecord
+
+    down = [f"layer.{i}/output/dense" for i in range(3)]
+    monkeypatch.setattr(machine, "has_vnni", lambda: False)
+    monkeypatch.setattr(variants, "int8_ladder", lambda *a: [down[:count] for count in range(4)])
+    monkeypatch.setattr(variants, "_check_outputs", lambda *a: None)
+    built: list[tuple[str, int]] = []
+    build_one = lambda *a: built.append((a[-1], len(a[-2])))  # noqa: E731  (fp32, target, [config], nodes, weights)
+    monkeypatch.setattr(variants, "build_int8", build_one)
+    monkeypatch.setattr(variants, "build_opt_int8", lambda *a: build_one(*a) or {})
+
+    def measure(details: str) -> VariantRecord:
+        value = 1.0 if len(built) - 1 >= passing else 0.0
+        return VariantRecord("model.int8.onnx", ("cpu",), details, (Check("top-10", value, 0.5, at_least=True),))
+
+    build = SimpleNamespace(
+        choice=choices.get(choice), fp32_path=tmp_path / "model.onnx", target=tmp_path / "x.onnx",
+        config=SimpleNamespace(model_type="bert"), measure=measure, log=lambda message: None,
+    )  # fmt: skip
+    record, details = variants.MAKERS[choice](build)  # type: ignore[arg-type]
+    assert built[-1] == expected and len(built) == min(passing + 1, 5)
+    assert record.passed == (passing < 5)
+    assert details[f"{choice.replace('-', '_')}_weights"] == expected[0]
 
 
 def test_fp16_build_drops_exact_duplicate_nodes() -> None:

@@ -12,11 +12,17 @@ the company it keeps. Here each row (one token of one text) gets its own symmetr
 
 The integer product is exact, so a row's result is the same bits whatever else is in the batch.
 
-Weights are signed (s8) for CPUs with VNNI, whose u8 x s8 dot product accumulates in int32. Without VNNI, ONNX
-Runtime's u8 x s8 kernels add pairs of products in saturating int16, and activations stored around 128 overflow it
-(simulated on MiniLM: the relative error of some MatMuls doubles). ``unsigned_weights`` stores the same weights
-+ 128 with zero point 128 instead: u8 x u8 kernels widen to int16 before multiplying, so the result is the same
-exact integers on every CPU, at a lower speed.
+How the integer weights are stored depends on the CPU's int8 dot product (``weights``, one of
+:data:`WEIGHT_ENCODINGS`):
+
+- ``s8``: signed 8-bit, for CPUs with VNNI, whose u8 x s8 dot product accumulates in int32.
+- ``s7``: signed 7-bit, in [-64, 63] (half the steps of s8). Without VNNI, ONNX Runtime's u8 x s8 kernels add pairs
+  of products in saturating int16 (VPMADDUBSW): 8-bit activations times 8-bit weights overflow it (measured on
+  AVX2: errors of 1.7e5 in a 768-long dot product, and MiniLM's int8 embeddings at cosine 0.54), while
+  2 x 255 x 64 = 32,640 fits, so 7-bit weights are exact on every CPU at the u8 x s8 kernels' speed.
+- ``u8``: the s8 values stored + 128 with zero point + 128. u8 x u8 kernels widen to int16 before multiplying, so
+  the result is the same exact integers as s8 on every CPU, at a lower speed than u8 x s8 without VNNI (AVX2,
+  bert-base's feed-forward GEMM: 129 against 166 GOP/s).
 
 MatMuls that read the same input (query, key and value) become one wider integer MatMul over one quantized copy of
 it. Plain ONNX operators quantize (ReduceMax/ReduceMin, QuantizeLinear with one scale per row); ONNX Runtime's
@@ -36,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bert_onnx.errors import InvalidValueError
 
 MS_DOMAIN = "com.microsoft"
+WEIGHT_ENCODINGS: tuple[str, ...] = ("s8", "s7", "u8")
 _EPS = np.float32(1e-30)  # an all-zero row gets scale 1e-30/127, quantizes to zeros and stays zero
 
 
@@ -69,7 +76,8 @@ def quantizable_matmuls(model: onnx.ModelProto) -> list[QuantizedMatMul]:
 
 
 def quantize_weight(weight: np.ndarray, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-column int8 in [-qmax, qmax]: ``(W_q (K, N) int8, scale (N,) float32)``, ``W ≈ W_q * scale``."""
+    """Symmetric per-column int8 in [-qmax, qmax]: ``(W_q (K, N) int8, scale (N,) float32)``, ``W ≈ W_q * scale``
+    (``qmax`` 63 for 7-bit weights)."""
     absmax = np.abs(weight).max(axis=0).astype(np.float32)
     scale = np.where(absmax > 0, absmax / np.float32(qmax), np.float32(1)).astype(np.float32)
     quantized = np.clip(np.rint(weight / scale), -qmax, qmax).astype(np.int8)
@@ -83,15 +91,18 @@ def _opset(model: onnx.ModelProto) -> int:
 def quantize_per_row(
     model: onnx.ModelProto,
     float_nodes: Collection[str] = (),
-    unsigned_weights: bool = False,
+    weights: str = "s8",
     asymmetric: bool = False,
 ) -> onnx.ModelProto:
-    """A copy of ``model`` with every constant-weight MatMul not named in ``float_nodes`` in per-row int8.
+    """A copy of ``model`` with every constant-weight MatMul not named in ``float_nodes`` in per-row int8, its
+    weights stored as ``weights`` (one of :data:`WEIGHT_ENCODINGS`, see the module docstring).
 
     MatMuls that read the same tensor (a layer's query, key and value) become one integer MatMul over their
     weights side by side, split afterwards: the input is quantized once and the GEMM is wider. ``asymmetric``: each
     row spans its own [min, max] (a zero point per row) and each weight column its own (a zero point per column).
     """
+    if weights not in WEIGHT_ENCODINGS:
+        raise InvalidValueError(f"weights={weights!r} is not one of {', '.join(WEIGHT_ENCODINGS)}")
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     candidates = quantizable_matmuls(model)
@@ -102,7 +113,7 @@ def quantize_per_row(
     for matmul in candidates:
         if matmul.name not in float_nodes:
             groups.setdefault(matmul.input, []).append(matmul)
-    recipe = _Recipe(_opset(model), unsigned_weights, asymmetric)
+    recipe = _Recipe(_opset(model), weights, asymmetric)
     initializers = {i.name: i for i in graph.initializer}
     added = recipe.constants()
     replacing: dict[str, list[onnx.NodeProto]] = {}  # name of a group's first MatMul -> the nodes replacing it
@@ -111,8 +122,8 @@ def quantize_per_row(
         key = tuple(m.weight for m in matmuls)
         first = key not in quantized
         w = quantized.setdefault(key, f"int8/g{index}")
-        weights = [numpy_helper.to_array(initializers[name]) for name in key]
-        nodes, tensors = recipe.group(f"int8/g{index}", w, source, weights, [m.output for m in matmuls], first)
+        arrays = [numpy_helper.to_array(initializers[name]) for name in key]
+        nodes, tensors = recipe.group(f"int8/g{index}", w, source, arrays, [m.output for m in matmuls], first)
         replacing[matmuls[0].name] = nodes
         added += tensors
         for matmul in matmuls[1:]:
@@ -134,24 +145,34 @@ def quantize_per_row(
     return model
 
 
-def quantize_asymmetric_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-column int8 over each column's own [min, max] (0 kept exact): ``(W_q, scale, zero_point)``, all per
-    column, ``W ≈ (W_q - zero_point) * scale``, ``W_q`` and ``zero_point`` int8."""
+def quantize_asymmetric_weight(weight: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column signed ``bits``-bit integers over each column's own [min, max] (0 kept exact): ``(W_q, scale,
+    zero_point)``, all per column, ``W ≈ (W_q - zero_point) * scale``, ``W_q`` and ``zero_point`` int8 in
+    [-2**(bits-1), 2**(bits-1) - 1]."""
+    low_q, high_q = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     low = np.minimum(weight.min(axis=0), 0).astype(np.float32)
     high = np.maximum(weight.max(axis=0), 0).astype(np.float32)
-    scale = np.where(high > low, (high - low) / np.float32(255), np.float32(1)).astype(np.float32)
-    zero_point = np.clip(np.rint(-128 - low / scale), -128, 127)
-    quantized = np.clip(np.rint(weight / scale) + zero_point, -128, 127).astype(np.int8)
+    scale = np.where(high > low, (high - low) / np.float32(high_q - low_q), np.float32(1)).astype(np.float32)
+    zero_point = np.clip(np.rint(low_q - low / scale), low_q, high_q)
+    quantized = np.clip(np.rint(weight / scale) + zero_point, low_q, high_q).astype(np.int8)
     return quantized, scale, zero_point.astype(np.int8)
 
 
 @dataclass(frozen=True)
 class _Recipe:
-    """How one group of MatMuls becomes nodes: the graph's opset, the weights' type, symmetric or not."""
+    """How one group of MatMuls becomes nodes: the graph's opset, the weights' encoding, symmetric or not."""
 
     opset: int
-    unsigned_weights: bool
+    weights: str
     asymmetric: bool
+
+    @property
+    def unsigned_weights(self) -> bool:
+        return self.weights == "u8"
+
+    @property
+    def weight_bits(self) -> int:
+        return 7 if self.weights == "s7" else 8
 
     def constants(self) -> list[onnx.TensorProto]:
         added = [
@@ -171,10 +192,10 @@ class _Recipe:
     def _weights(self, p: str, weight: np.ndarray) -> tuple[list[onnx.TensorProto], np.ndarray]:
         """The stored weight tensors of a group, and W's dequantized column sums (the asymmetric correction)."""
         if self.asymmetric:
-            quantized, scale, zero_point = quantize_asymmetric_weight(weight)
+            quantized, scale, zero_point = quantize_asymmetric_weight(weight, self.weight_bits)
             stored_zero = zero_point
         else:
-            quantized, scale = quantize_weight(weight)
+            quantized, scale = quantize_weight(weight, 2 ** (self.weight_bits - 1) - 1)
             stored_zero = zero_point = np.zeros(quantized.shape[1], dtype=np.int8)
         column_sums = (quantized.astype(np.int64) - zero_point).sum(axis=0).astype(np.float32) * scale
         if self.unsigned_weights:  # the same values, stored + 128 with zero point + 128 (see the module docstring)

@@ -50,15 +50,24 @@ class Backend(Protocol):
     def open(self, choice: Choice, opening: Opening) -> Runner: ...
 
 
-def int8_clips_here(manifest: Manifest) -> str | None:
-    """Why a folder's int8 graph computes differently on this CPU than where its gate was measured, if it does:
-    signed int8 weights on a CPU without VNNI, whose kernels add products in saturating int16."""
-    if "int8" not in manifest.variants or manifest.extra.get("int8_weights", "s8") != "s8":
+def int8_weights(manifest: Manifest, choice: Choice) -> str:
+    """How ``choice``'s int8 graph stores its weights (``s8``, ``s7`` or ``u8``: :mod:`bert_onnx.export.int8`), as its
+    export recorded: ``extra["int8_weights"]`` for ``int8``, ``extra["opt_int8_weights"]`` for ``opt-int8``
+    (folders exported before the two could differ record ``int8_weights`` for both; older ones nothing: s8)."""
+    shared = str(manifest.extra.get("int8_weights", "s8"))
+    return str(manifest.extra.get(f"{choice.name.replace('-', '_')}_weights", shared))
+
+
+def int8_clips_here(manifest: Manifest, choice: Choice) -> str | None:
+    """Why ``choice``'s int8 graph computes differently on this CPU than where its gate was measured, if it does:
+    signed 8-bit weights on a CPU without VNNI, whose kernels add products in saturating int16. ONNX Runtime's int8
+    choices only (OpenVINO's int8 is compiled for the CPU it runs on)."""
+    if choice.backend != choices.ONNXRUNTIME or choice.precision != "int8" or choice.name not in manifest.variants:
         return None
-    if machine.has_vnni():
+    if int8_weights(manifest, choice) != "s8" or machine.has_vnni():
         return None
     return (
-        "its weights are signed (exported on a CPU with VNNI) and this CPU has no VNNI, so ONNX Runtime's int8 "
+        "its weights are signed 8-bit (exported on a CPU with VNNI) and this CPU has no VNNI, so ONNX Runtime's int8 "
         "kernels clip large products here; re-export on this machine for an int8 graph that is exact on it"
     )
 
@@ -93,7 +102,7 @@ class OnnxRuntimeBackend:
     def unavailable(self, choice: Choice, device: str, manifest: Manifest) -> str | None:
         if device not in choice.devices:
             return f"the {choice.name} graph runs on {', '.join(choice.devices)}, not {device}"
-        return int8_clips_here(manifest) if choice.precision == "int8" else None
+        return int8_clips_here(manifest, choice)
 
     def open(self, choice: Choice, opening: Opening) -> Runner:
         return OnnxRuntimeRunner(
@@ -204,6 +213,6 @@ def warn_unvouched(manifest: Manifest, model_dir: Path, resolved: Resolved) -> N
             f"fp32,{choice.name} to check it against PyTorch and record its gate",
             stacklevel=3,
         )
-    clipped = int8_clips_here(manifest) if choice.precision == "int8" and choice.backend == "onnxruntime" else None
+    clipped = int8_clips_here(manifest, choice)
     if clipped:
         warnings.warn(f"bert-onnx: {choice.name}'s export gate does not hold here: {clipped}", stacklevel=3)
