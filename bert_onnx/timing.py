@@ -12,8 +12,15 @@ Used by ``bert-onnx tune`` and by every benchmark in ``benchmarks/``. What it do
 - **Median and 99th percentile** over the rounds: the median resists the occasional slow round, the 99th
   percentile shows it.
 - **A time budget**, optionally: when one round proves slow, fewer rounds (never fewer than ``min_rounds``).
+- **A pause between candidates** (``settle_seconds``): ONNX Runtime's idle intra-op threads spin for tens of
+  milliseconds after a run before they sleep, and on a 2-vCPU machine they take a core from whatever runs next.
+  Measured on AVX2 (ONNX Runtime 1.32, 2 threads, one 26.6 ms fp32 GEMM): run right after another session's run it
+  took 51.9 ms, 46.5 ms after a 10 ms pause, 27.5 ms after 50 ms. So before each measurement of a candidate other
+  than the one measured last, the timing sleeps ``settle_seconds`` (0.1 s by default): each candidate is timed with
+  the CPUs to itself, as it runs alone in an application.
 
-The clock is a parameter, so the rules above are tested without measuring anything. Imports only NumPy.
+The clock and the sleep are parameters, so the rules above are tested without measuring anything. Imports only
+NumPy.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from bert_onnx.errors import InvalidValueError
 
 Clock = Callable[[], float]
 SHORTEST_CALL = 1e-6  # seconds: a call that seems quicker (a coarse clock) is counted as this when estimating
+SETTLE_SECONDS = 0.1  # seconds of quiet before a candidate is measured after another (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -97,12 +105,15 @@ def _planned_rounds(rounds: int, min_rounds: int, budget_seconds: float | None, 
     return max(min(min_rounds, rounds), min(rounds, fitting))
 
 
-def _check(rounds: int, warmup: int, min_seconds: float, budget_seconds: float | None, min_rounds: int) -> None:
+def _check(
+    rounds: int, warmup: int, min_seconds: float, budget_seconds: float | None, min_rounds: int, settle_seconds: float
+) -> None:
     check_int("rounds", rounds, 1)
     check_int("warmup", warmup, 0)
     check_int("min_rounds", min_rounds, 1)
-    if not isinstance(min_seconds, (int, float)) or isinstance(min_seconds, bool) or min_seconds < 0:
-        raise InvalidValueError(f"min_seconds={min_seconds!r} must be a number >= 0")
+    for name, value in (("min_seconds", min_seconds), ("settle_seconds", settle_seconds)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise InvalidValueError(f"{name}={value!r} must be a number >= 0")
     if budget_seconds is not None and (not isinstance(budget_seconds, (int, float)) or budget_seconds <= 0):
         raise InvalidValueError(f"budget_seconds={budget_seconds!r} must be a number > 0, or None")
 
@@ -118,17 +129,20 @@ def compare(
     budget_seconds: float | None = None,
     min_rounds: int = 3,
     on_round: Callable[[int, int], object] | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
     clock: Clock = time.perf_counter,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> dict[str, Timing]:
     """Time each of ``candidates`` (name -> a call taking no arguments) in interleaved rounds.
 
     ``warmup`` untimed rounds come first. Each timed measurement repeats its call ``calls[name]`` times, or, without
     ``calls``, enough times to last ``min_seconds`` (estimated from the last warm-up call, so ``min_seconds`` needs
     ``warmup >= 1``). With ``budget_seconds``, the first timed round's length decides how many of ``rounds`` fit
-    (at least ``min_rounds``). ``on_round(index, planned)`` is called before each timed round. Returns a
-    :class:`Timing` per candidate, in the candidates' order.
+    (at least ``min_rounds``). ``on_round(index, planned)`` is called before each timed round. Before a candidate's
+    warm-up call or measurement that follows another candidate's, ``sleep(settle_seconds)`` lets the other's
+    threads go idle (outside the measurement). Returns a :class:`Timing` per candidate, in the candidates' order.
     """
-    _check(rounds, warmup, min_seconds, budget_seconds, min_rounds)
+    _check(rounds, warmup, min_seconds, budget_seconds, min_rounds, settle_seconds)
     names = list(candidates)
     if calls is not None:
         missing = [name for name in names if name not in calls]
@@ -137,10 +151,18 @@ def compare(
         counts = {name: check_int(f"calls[{name!r}]", calls[name], 1) for name in names}
     elif min_seconds > 0 and warmup == 0:
         raise InvalidValueError("min_seconds > 0 needs warmup >= 1 (the last warm-up call estimates a call's time)")
+    last: list[str] = []  # the candidate that ran last
+
+    def measure(name: str, count: int) -> float:
+        if last and last[0] != name and settle_seconds > 0:
+            sleep(settle_seconds)
+        last[:] = [name]
+        return _measure(candidates[name], count, clock)
+
     estimate: dict[str, float] = {}
     for index in range(warmup):
         for name in round_order(names, index, alternate):
-            estimate[name] = _measure(candidates[name], 1, clock)
+            estimate[name] = measure(name, 1)
     if calls is None:
         counts = {name: calls_for(estimate.get(name, 0.0), min_seconds) for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}
@@ -148,10 +170,11 @@ def compare(
     while index < planned:
         if on_round is not None:
             on_round(index, planned)
-        started = clock()
+        busy = 0.0  # the round's measured time, without the pauses between candidates
         for name in round_order(names, index, alternate):
-            seconds[name].append(_measure(candidates[name], counts[name], clock))
+            seconds[name].append(measure(name, counts[name]))
+            busy += seconds[name][-1] * counts[name]
         if index == 0:
-            planned = _planned_rounds(rounds, min_rounds, budget_seconds, clock() - started)
+            planned = _planned_rounds(rounds, min_rounds, budget_seconds, busy)
         index += 1
     return {name: Timing(tuple(seconds[name]), counts[name]) for name in names}

@@ -1,4 +1,5 @@
-"""bert_onnx.timing: warm-up, interleaving, calibration and the budget, on a fake clock (nothing is measured)."""
+"""bert_onnx.timing: warm-up, interleaving, calibration, the budget and the pauses between candidates, on a fake
+clock (nothing is measured)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.log.append(f"sleep {seconds}")
+
     def candidate(self, name: str, seconds: float | Callable[[int], float]) -> Callable[[], None]:
         def call() -> None:
             count = self.log.count(name)
@@ -36,8 +41,9 @@ def test_warm_up_rounds_are_untimed_and_rounds_alternate_their_order() -> None:
     clock = FakeClock()
     # a's first call (the warm-up) is slow; the timed ones are not
     candidates = {"a": clock.candidate("a", lambda n: 5.0 if n == 0 else 1.0), "b": clock.candidate("b", 2.0)}
-    result = timing.compare(candidates, rounds=3, warmup=1, clock=clock)
-    assert clock.log == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rounds 0, 1, 2
+    result = timing.compare(candidates, rounds=3, warmup=1, settle_seconds=0.5, clock=clock, sleep=clock.sleep)
+    calls = [entry for entry in clock.log if not entry.startswith("sleep")]
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rounds 0, 1, 2
     assert result["a"] == Timing((1.0, 1.0, 1.0), calls=1)
     assert result["b"] == Timing((2.0, 2.0, 2.0), calls=1)
     assert list(result) == ["a", "b"]
@@ -46,29 +52,43 @@ def test_warm_up_rounds_are_untimed_and_rounds_alternate_their_order() -> None:
 def test_without_alternation_every_round_runs_in_the_given_order() -> None:
     clock = FakeClock()
     candidates = {name: clock.candidate(name, 1.0) for name in ("a", "b", "c")}
-    timing.compare(candidates, rounds=2, warmup=0, alternate=False, clock=clock)
+    timing.compare(candidates, rounds=2, warmup=0, alternate=False, settle_seconds=0, clock=clock)
     assert clock.log == ["a", "b", "c", "a", "b", "c"]
 
 
 def test_a_short_call_is_repeated_until_its_measurement_lasts_min_seconds() -> None:
     clock = FakeClock()
     candidates = {"quick": clock.candidate("quick", 0.01), "slow": clock.candidate("slow", 0.5)}
-    result = timing.compare(candidates, rounds=2, warmup=1, min_seconds=0.3, clock=clock)
+    result = timing.compare(candidates, rounds=2, warmup=1, min_seconds=0.3, clock=clock, sleep=clock.sleep)
     assert result["quick"].calls == 30 and result["slow"].calls == 1
     assert clock.log.count("quick") == 1 + 2 * 30
+    # one pause before each measurement that follows the other candidate's, never inside a measurement
+    assert clock.log[:4] == ["quick", "sleep 0.1", "slow", "sleep 0.1"] and clock.log[4:34] == ["quick"] * 30
     assert result["quick"].median == pytest.approx(0.01)  # seconds per call, not per measurement
+
+
+def test_the_pause_between_candidates_is_outside_every_measurement() -> None:
+    clock = FakeClock()
+    candidates = {"a": clock.candidate("a", 1.0), "b": clock.candidate("b", 2.0)}
+    result = timing.compare(candidates, rounds=2, warmup=1, settle_seconds=0.25, clock=clock, sleep=clock.sleep)
+    assert clock.log == ["a", "sleep 0.25", "b", "sleep 0.25", "a", "sleep 0.25", "b", "b", "sleep 0.25", "a"]
+    assert result["a"] == Timing((1.0, 1.0)) and result["b"] == Timing((2.0, 2.0))
+    clock = FakeClock()
+    timing.compare({"alone": clock.candidate("alone", 1.0)}, rounds=3, warmup=1, clock=clock, sleep=clock.sleep)
+    assert clock.log == ["alone"] * 4  # nothing ran in between: no pause
 
 
 def test_calibration_never_divides_by_a_call_that_took_no_time() -> None:
     clock = FakeClock()
-    result = timing.compare({"instant": clock.candidate("instant", 0.0)}, rounds=1, min_seconds=1e-5, clock=clock)
+    instant = {"instant": clock.candidate("instant", 0.0)}
+    result = timing.compare(instant, rounds=1, min_seconds=1e-5, clock=clock, sleep=clock.sleep)
     assert 10 <= result["instant"].calls <= 11  # 1e-5 s / SHORTEST_CALL, give or take rounding
 
 
 def test_explicit_call_counts_replace_the_calibration() -> None:
     clock = FakeClock()
     candidates = {"a": clock.candidate("a", 0.01), "b": clock.candidate("b", 0.01)}
-    result = timing.compare(candidates, rounds=1, warmup=0, calls={"a": 3, "b": 1}, clock=clock)
+    result = timing.compare(candidates, rounds=1, warmup=0, calls={"a": 3, "b": 1}, clock=clock, sleep=clock.sleep)
     assert (result["a"].calls, result["b"].calls) == (3, 1)
     assert clock.log.count("a") == 3
 
@@ -90,6 +110,7 @@ def test_the_budget_fits_rounds_after_the_first_but_keeps_min_rounds(
         min_rounds=3,
         on_round=lambda index, planned: seen.append((index, planned)),
         clock=clock,
+        sleep=clock.sleep,  # the pauses between candidates do not count against the budget
     )
     assert result["a"].rounds == result["b"].rounds == expected
     assert [index for index, _ in seen] == list(range(expected))
@@ -119,6 +140,7 @@ def test_no_candidates_give_no_timings() -> None:
         ({"min_seconds": -0.1}, "min_seconds=-0.1"),
         ({"warmup": 0, "min_seconds": 0.1}, "needs warmup >= 1"),
         ({"budget_seconds": 0}, "budget_seconds=0"),
+        ({"settle_seconds": -1}, "settle_seconds=-1"),
         ({"calls": {}}, "calls has no count for a"),
         ({"calls": {"a": 0}}, "calls['a']=0"),
     ],
@@ -126,7 +148,7 @@ def test_no_candidates_give_no_timings() -> None:
 def test_bad_options_are_refused_before_anything_runs(options: dict[str, object], message: str) -> None:
     clock = FakeClock()
     with pytest.raises(InvalidValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        timing.compare({"a": clock.candidate("a", 1.0)}, clock=clock, **options)  # type: ignore[arg-type]
+        timing.compare({"a": clock.candidate("a", 1.0)}, clock=clock, sleep=clock.sleep, **options)  # type: ignore[arg-type]
     assert clock.log == []
 
 
