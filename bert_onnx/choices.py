@@ -150,6 +150,12 @@ def default_for(backend: str | None) -> Choice:
     return next(c for c in of_backend(backend or ONNXRUNTIME) if c.precision == "fp32" and not c.own_file)
 
 
+def int8_weights_key(name: str) -> str:
+    """The manifest's ``extra`` key where an int8 choice's export records how its weights are stored
+    (``int8_weights``, ``opt_int8_weights``)."""
+    return f"{name.replace('-', '_')}_weights"
+
+
 def variants() -> tuple[str, ...]:
     """The graph names ``Encoder(variant=...)`` and ``bert-onnx embed --variant`` take."""
     return tuple(c.variant for c in CHOICES.values() if c.variant is not None)

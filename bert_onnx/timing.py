@@ -15,9 +15,10 @@ Used by ``bert-onnx tune`` and by every benchmark in ``benchmarks/``. What it do
 - **A pause between candidates** (``settle_seconds``): ONNX Runtime's idle intra-op threads spin for tens of
   milliseconds after a run before they sleep, and on a 2-vCPU machine they take a core from whatever runs next.
   Measured on AVX2 (ONNX Runtime 1.32, 2 threads, one 26.6 ms fp32 GEMM): run right after another session's run it
-  took 51.9 ms, 46.5 ms after a 10 ms pause, 27.5 ms after 50 ms. So before each measurement of a candidate other
-  than the one measured last, the timing sleeps ``settle_seconds`` (0.1 s by default): each candidate is timed with
-  the CPUs to itself, as it runs alone in an application.
+  took 51.9 ms, 46.5 ms after a 10 ms pause, 27.5 ms after 50 ms. So when there are several candidates, the timing
+  sleeps ``settle_seconds`` (0.1 s by default) before every warm-up call and measurement: each candidate is timed
+  with the CPUs to itself, as it runs alone in an application, and every one starts with its threads parked (the
+  candidate that follows itself where the order turns round gets the pause too).
 
 The clock and the sleep are parameters, so the rules above are tested without measuring anything. Imports only
 NumPy.
@@ -137,10 +138,11 @@ def compare(
 
     ``warmup`` untimed rounds come first. Each timed measurement repeats its call ``calls[name]`` times, or, without
     ``calls``, enough times to last ``min_seconds`` (estimated from the last warm-up call, so ``min_seconds`` needs
-    ``warmup >= 1``). With ``budget_seconds``, the first timed round's length decides how many of ``rounds`` fit
-    (at least ``min_rounds``). ``on_round(index, planned)`` is called before each timed round. Before a candidate's
-    warm-up call or measurement that follows another candidate's, ``sleep(settle_seconds)`` lets the other's
-    threads go idle (outside the measurement). Returns a :class:`Timing` per candidate, in the candidates' order.
+    ``warmup >= 1``). With ``budget_seconds``, the first timed round's measured time (its calls, not the pauses)
+    decides how many of ``rounds`` fit (at least ``min_rounds``). ``on_round(index, planned)`` is called before
+    each timed round. With two candidates or more, ``sleep(settle_seconds)`` comes before every warm-up call and
+    measurement, outside it, so the threads of whatever ran before go idle. Returns a :class:`Timing` per
+    candidate, in the candidates' order.
     """
     _check(rounds, warmup, min_seconds, budget_seconds, min_rounds, settle_seconds)
     names = list(candidates)
@@ -151,12 +153,11 @@ def compare(
         counts = {name: check_int(f"calls[{name!r}]", calls[name], 1) for name in names}
     elif min_seconds > 0 and warmup == 0:
         raise InvalidValueError("min_seconds > 0 needs warmup >= 1 (the last warm-up call estimates a call's time)")
-    last: list[str] = []  # the candidate that ran last
+    settle = settle_seconds if len(names) > 1 else 0
 
     def measure(name: str, count: int) -> float:
-        if last and last[0] != name and settle_seconds > 0:
-            sleep(settle_seconds)
-        last[:] = [name]
+        if settle > 0:
+            sleep(settle)
         return _measure(candidates[name], count, clock)
 
     estimate: dict[str, float] = {}

@@ -5,7 +5,7 @@ A *choice* is one way to run the folder: a stored graph under ONNX Runtime ("fp3
 ``model.onnx`` compiled by OpenVINO ("openvino-fp32", "openvino-bf16"). ``verify`` measures each choice's export
 gate on this machine; ``tune`` does the same, times the choices that pass on real text, and saves the result as
 this machine's profile (:mod:`bert_onnx.runtime.profile`), which ``Encoder(DIR)`` then follows. A choice that
-cannot run here (OpenVINO not installed, bf16 without bf16 units, signed int8 weights without VNNI, CUDA-only
+cannot run here (OpenVINO not installed, bf16 without bf16 units, signed 8-bit (s8) int8 weights without VNNI, CUDA-only
 graphs on the CPU) is listed as skipped, with the reason. Imports neither torch nor transformers.
 """
 

@@ -58,24 +58,28 @@ def test_without_alternation_every_round_runs_in_the_given_order() -> None:
 
 def test_a_short_call_is_repeated_until_its_measurement_lasts_min_seconds() -> None:
     clock = FakeClock()
-    candidates = {"quick": clock.candidate("quick", 0.01), "slow": clock.candidate("slow", 0.5)}
-    result = timing.compare(candidates, rounds=2, warmup=1, min_seconds=0.3, clock=clock, sleep=clock.sleep)
-    assert result["quick"].calls == 30 and result["slow"].calls == 1
-    assert clock.log.count("quick") == 1 + 2 * 30
-    # one pause before each measurement that follows the other candidate's, never inside a measurement
-    assert clock.log[:4] == ["quick", "sleep 0.1", "slow", "sleep 0.1"] and clock.log[4:34] == ["quick"] * 30
-    assert result["quick"].median == pytest.approx(0.01)  # seconds per call, not per measurement
+    candidates = {"quick": clock.candidate("quick", 1 / 64), "slow": clock.candidate("slow", 0.5)}
+    options = {"min_seconds": 0.5, "settle_seconds": 0.25}  # binary fractions: the fake clock adds them exactly
+    result = timing.compare(candidates, rounds=2, warmup=1, clock=clock, sleep=clock.sleep, **options)
+    assert result["quick"].calls == 32 and result["slow"].calls == 1
+    assert clock.log.count("quick") == 1 + 2 * 32
+    # a pause before each warm-up call and measurement, never inside a measurement
+    assert clock.log[:5] == ["sleep 0.25", "quick", "sleep 0.25", "slow", "sleep 0.25"]
+    assert clock.log[5:37] == ["quick"] * 32
+    assert result["quick"].median == 1 / 64  # seconds per call, not per measurement
 
 
 def test_the_pause_between_candidates_is_outside_every_measurement() -> None:
     clock = FakeClock()
     candidates = {"a": clock.candidate("a", 1.0), "b": clock.candidate("b", 2.0)}
     result = timing.compare(candidates, rounds=2, warmup=1, settle_seconds=0.25, clock=clock, sleep=clock.sleep)
-    assert clock.log == ["a", "sleep 0.25", "b", "sleep 0.25", "a", "sleep 0.25", "b", "b", "sleep 0.25", "a"]
+    pause = "sleep 0.25"
+    # warm-up a, b; round 0 a, b; round 1 b, a: b follows itself and still gets its pause
+    assert clock.log == [pause, "a", pause, "b", pause, "a", pause, "b", pause, "b", pause, "a"]
     assert result["a"] == Timing((1.0, 1.0)) and result["b"] == Timing((2.0, 2.0))
     clock = FakeClock()
     timing.compare({"alone": clock.candidate("alone", 1.0)}, rounds=3, warmup=1, clock=clock, sleep=clock.sleep)
-    assert clock.log == ["alone"] * 4  # nothing ran in between: no pause
+    assert clock.log == ["alone"] * 4  # nothing else runs: no pause
 
 
 def test_calibration_never_divides_by_a_call_that_took_no_time() -> None:
@@ -97,8 +101,9 @@ def test_explicit_call_counts_replace_the_calibration() -> None:
     ("budget", "rounds", "expected"),
     [(None, 10, 10), (5.5, 10, 5), (2.5, 10, 3), (100.0, 4, 4), (0.5, 2, 2)],
 )
+@pytest.mark.parametrize("settle", [0.0, 0.5])  # 1.5 s a round with the pauses: they would fit 3 rounds in 5.5 s
 def test_the_budget_fits_rounds_after_the_first_but_keeps_min_rounds(
-    budget: float | None, rounds: int, expected: int
+    budget: float | None, rounds: int, expected: int, settle: float
 ) -> None:
     clock = FakeClock()
     seen: list[tuple[int, int]] = []
@@ -109,6 +114,7 @@ def test_the_budget_fits_rounds_after_the_first_but_keeps_min_rounds(
         budget_seconds=budget,
         min_rounds=3,
         on_round=lambda index, planned: seen.append((index, planned)),
+        settle_seconds=settle,
         clock=clock,
         sleep=clock.sleep,  # the pauses between candidates do not count against the budget
     )

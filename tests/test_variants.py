@@ -278,7 +278,7 @@ def test_int8_climb_stops_at_the_first_passing_rung_and_records_its_weights(
     record, details = variants.MAKERS[choice](build)  # type: ignore[arg-type]
     assert built[-1] == expected and len(built) == min(passing + 1, 5)
     assert record.passed == (passing < 5)
-    assert details[f"{choice.replace('-', '_')}_weights"] == expected[0]
+    assert details[choices.int8_weights_key(choice)] == expected[0]
 
 
 def test_fp16_build_drops_exact_duplicate_nodes() -> None:

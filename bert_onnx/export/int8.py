@@ -149,6 +149,8 @@ def quantize_asymmetric_weight(weight: np.ndarray, bits: int = 8) -> tuple[np.nd
     """Per-column signed ``bits``-bit integers over each column's own [min, max] (0 kept exact): ``(W_q, scale,
     zero_point)``, all per column, ``W ≈ (W_q - zero_point) * scale``, ``W_q`` and ``zero_point`` int8 in
     [-2**(bits-1), 2**(bits-1) - 1]."""
+    if bits not in (7, 8):
+        raise InvalidValueError(f"bits={bits!r} is not 7 or 8")
     low_q, high_q = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     low = np.minimum(weight.min(axis=0), 0).astype(np.float32)
     high = np.maximum(weight.max(axis=0), 0).astype(np.float32)

@@ -182,7 +182,7 @@ def _climb(
         if record.passed:
             break
     assert record is not None
-    return record, {f"{build.choice.name.replace('-', '_')}_weights": weights}
+    return record, {choices.int8_weights_key(build.choice.name): weights}
 
 
 def make_int8(build: Build) -> tuple[VariantRecord, dict[str, object]]:

@@ -55,7 +55,7 @@ def int8_weights(manifest: Manifest, choice: Choice) -> str:
     export recorded: ``extra["int8_weights"]`` for ``int8``, ``extra["opt_int8_weights"]`` for ``opt-int8``
     (folders exported before the two could differ record ``int8_weights`` for both; older ones nothing: s8)."""
     shared = str(manifest.extra.get("int8_weights", "s8"))
-    return str(manifest.extra.get(f"{choice.name.replace('-', '_')}_weights", shared))
+    return str(manifest.extra.get(choices.int8_weights_key(choice.name), shared))
 
 
 def int8_clips_here(manifest: Manifest, choice: Choice) -> str | None:

@@ -81,8 +81,8 @@ class Encoder:
     those that passed their gates on this machine (:mod:`bert_onnx.runtime.profile`), within ``backend`` if given.
     Without such a profile it runs fp32, the exact one: which choice is faster depends on the CPU, and a probe at
     every load would cost more than it saves (docs/variants.md). :meth:`describe` says what was picked and why.
-    An int8 graph with signed weights on a CPU without VNNI, where ONNX Runtime's int8 kernels clip its products,
-    runs only when asked for, with a warning.
+    An int8 graph with signed 8-bit (s8) weights on a CPU without VNNI, where ONNX Runtime's int8 kernels clip its
+    products, runs only when asked for, with a warning.
     """
 
     def __init__(
