@@ -156,10 +156,8 @@ def int8_rungs(fp32_path: Path, down_projections: str) -> list[tuple[str, list[s
     weights on :func:`int8_ladder` (8-bit precision: MiniLM's informal top-10 agreement 0.951 against s7's 0.933).
     """
     ladder = int8_ladder(fp32_path, down_projections)
-    fastest, *finer = machine.int8_weight_encodings()
-    if not finer:
-        return [(fastest, nodes) for nodes in ladder]
-    return [(fastest, ladder[0]), *((weights, nodes) for weights in finer for nodes in ladder)]
+    *faster, finest = machine.int8_weight_encodings()  # the faster ones all-int8 only; the finest climbs the ladder
+    return [*((weights, ladder[0]) for weights in faster), *((finest, nodes) for nodes in ladder)]
 
 
 def _climb(
