@@ -74,6 +74,16 @@ BAD: list[tuple[str, str, Body, int, str]] = [
     ("tokenize ids", "/tokenize", {"input": [1, 2]}, 422, "input must be a string, a list of strings;"),
     ("tokenize id lists", "/tokenize", {"input": [[1, 2]]}, 422, "input must be a string, a list of strings;"),
     ("add_special_tokens 1", "/tokenize", {"input": "a", "add_special_tokens": 1}, 422, "must be true or false"),
+    ("a layer twice", "/embed", {"input": "a", "layers": [-1, -1, -1]}, 422, "names hidden state 2 more than once"),
+    ("a layer twice, two ways", "/embed", {"input": "a", "layers": [2, -1]}, 422, "hidden state 2 more than once"),
+    ("a mode twice", "/embed", {"input": "a", "pooling": ["mean", "max", "mean"]}, 422, "a mode more than once"),
+    (
+        "bare ids, too long, truncation off",
+        "/tokenize",
+        {"input": [LONG], "add_special_tokens": False, "max_length": 4, "truncation": False},
+        422,
+        "input[0] is at least",
+    ),
 ]
 
 # Token ids a default server refuses, each with the same three-part message (TOKEN_ID_PARTS). The first two are
@@ -279,9 +289,9 @@ def metric(server: Server, name: str, headers: dict[str, str] | None = None) -> 
     return float(found.group(1))
 
 
-def rss_mb(pid: int) -> float:
-    """A process's resident memory (``VmRSS`` in /proc/PID/status), in MB."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (``VmRSS`` in /proc/PID/status; ``VmHWM``: its peak so far), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

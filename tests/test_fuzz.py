@@ -158,7 +158,7 @@ def test_a_megabyte_string_and_thousands_of_texts(tiny: Encoder) -> None:
     huge = "word " * 200_000  # 1 MB, far past 512 tokens: truncated like transformers would
     out = tiny.encode([huge])
     assert out.input_ids.shape == (1, tiny.max_length) and _finite(out.last_hidden_state)
-    with pytest.raises(ValueError, match=r"texts\[0\] is 200002 tokens long"):
+    with pytest.raises(ValueError, match=r"texts\[0\] is at least \d+ tokens long"):
         tiny.encode([huge], truncation=False)
     texts = [f"text number {i} " * (i % 7) for i in range(5000)]
     vectors = tiny.embed(texts, pooling="mean")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_helpers import BAD, BAD_IDS, BODIES, REFUSED_IDS, ROUTES, TOKEN_ID_PARTS, V1, Body, as_bytes
+from serve_helpers import BAD, BAD_IDS, BODIES, LONG, REFUSED_IDS, ROUTES, TOKEN_ID_PARTS, V1, Body, as_bytes
 from starlette.testclient import TestClient
 
 from bert_onnx.runtime import EmbedRecipe, Encoder
@@ -121,6 +121,36 @@ def test_per_request_recipe_and_lengths(default: TestClient, tiny: Encoder) -> N
     assert payload["shape"] == [4, tiny.hidden_size]
     got = np.frombuffer(base64.b64decode(payload["data"]), dtype="<f4").reshape(payload["shape"])
     np.testing.assert_allclose(got, tiny.encode(["I love Korea"], max_length=4).last_hidden_state[0], atol=1e-5)
+
+
+def test_bare_ids_take_the_requests_length_and_errors_name_their_field(default: TestClient, tiny: Encoder) -> None:
+    """/tokenize without special tokens gives the ids inside [CLS] ... [SEP] under the same max_length and
+    truncation; a bad recipe field is named in the error's param, as OpenAI's clients read it."""
+    texts = ["I love Korea", LONG]
+    bare = post(default, "/tokenize", {"input": texts, "add_special_tokens": False, "max_length": 8}).json()["data"]
+    full = tiny.tokenizer.encodings(texts, 8)
+    assert [row["ids"] for row in bare] == [list(e.ids)[1:-1] for e in full]
+    assert bare[0]["ids"] == [1045, 2293, 4420] and len(bare[1]["ids"]) == 6
+    for body, param in (
+        ({"input": "a", "dimensions": 0}, "dimensions"),
+        ({"input": "a", "pooling": None}, "pooling"),
+        ({"input": "a", "layers": [2, 2]}, "layers"),
+    ):
+        reply = post(default, "/embed", body)
+        assert reply.status_code == 422 and reply.json()["error"]["param"] == param, reply.text
+
+
+def test_an_answer_over_the_limit_is_refused_before_it_runs(tiny: Encoder) -> None:
+    """/embed and /v1/embeddings refuse an answer over max_encode_bytes of float32 (layers and pooling modes
+    multiply a vector's length), as /encode does, before any text is tokenized or run."""
+    dim = tiny.hidden_size
+    with client_for(tiny, max_encode_bytes=4 * dim * 3) as small:
+        assert vectors(post(small, V1, {"input": ["a", "b", "c"]})).shape == (3, dim)
+        reply = post(small, V1, {"input": ["a", "b", "c", "d"]})
+        assert reply.status_code == 413 and "over the limit of" in error(reply)
+        reply = post(small, "/embed", {"input": ["a", "b"], "pooling": ["mean", "max"]})
+        assert reply.status_code == 413 and "fewer layers or pooling modes" in error(reply)
+        assert post(small, "/embed", {"input": ["a"], "pooling": ["mean", "max"]}).status_code == 200
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -248,6 +248,44 @@ def test_rows_reach_their_own_requests_with_a_model_of_known_outputs() -> None:
         np.testing.assert_array_equal(got, expected)
 
 
+class BlockingModel(IdModel):
+    """An :class:`IdModel` whose batches wait for ``release``; ``running`` is set when one has started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def forward(self, batch: TokenizedBatch, names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.running.set()
+        assert self.release.wait(30), "the test never released the batch"
+        return super().forward(batch, names)
+
+
+def test_clients_that_submit_and_leave_do_not_grow_the_queue_while_a_round_runs() -> None:
+    """Cancelling a request takes its rows out of the queue at once: 10,000 submit-and-leave cycles while a batch
+    runs leave nothing queued (they once left 40,000 rows, each cycle let in because nothing counted as in flight)."""
+    model = BlockingModel()
+
+    async def main() -> tuple[int, int, Any]:
+        batcher = Batcher(model, BatchSettings(max_queue=4))
+        first = batcher.submit(id_rows((1, 2)), MEAN)
+        await asyncio.get_running_loop().run_in_executor(None, model.running.wait, 30)
+        batcher.cancel(first)
+        for _ in range(10_000):
+            batcher.cancel(batcher.submit(id_rows((3,), (4,), (5,), (6,)), MEAN))
+        queued, in_flight = len(batcher._pending), batcher.in_flight
+        kept = batcher.submit(id_rows((7, 9)), MEAN)
+        model.release.set()
+        result = await kept.future
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+        return queued, in_flight, result
+
+    queued, in_flight, result = run(main())
+    assert queued == 0 and in_flight == 0
+    np.testing.assert_array_equal(result, [[8.0] * IdModel.HIDDEN])
+    assert model.batches == [1, 1]  # the first request's batch, already running, then the one kept
+
+
 class RecordingCondition(threading.Condition):
     """A condition that records the timeout of each wait: ``_gather`` waits with one, an idle worker without."""
 

@@ -8,6 +8,8 @@ that into our batches. Batches carry exactly the inputs the folder's graph takes
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,21 @@ from bert_onnx.runtime.inputs import check_texts
 Padding = Literal["longest", "max_length"]
 PADDINGS: tuple[str, ...] = ("longest", "max_length")
 
+# A long text is first tokenized up to a space about this many characters per wanted token in (then 4x further
+# while its first max_length tokens are not there yet): truncating a 10 MB text reads a few kB of it.
+HEAD_CHARS_PER_TOKEN = 8
+
+# Pipeline parts under which a space that follows a non-space character splits the text into two parts tokenized
+# independently: the tokens of text[:cut] are then the first tokens of text. Normalizers map characters or
+# grapheme clusters (a space starts a new one); Replace is safe when its pattern cannot match across such a space.
+_SPLITTING_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+_REFINING_PRE_TOKENIZERS = {"Punctuation", "Digits", "UnicodeScripts", "CharDelimiterSplit", "ByteLevel", "Metaspace"}
+_LOCAL_NORMALIZERS = {
+    "BertNormalizer", "NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip", "Nmt", "Precompiled",
+    "Prepend", "ByteLevel",
+}  # fmt: skip
+_WHITESPACE_ONLY_PATTERNS = {" {2,}", "\\s{2,}|[\\n\\r\\t]", "\\s+", "\\s{2,}", " +"}
+
 
 class TokenIds(Protocol):
     """What padding reads from one text's tokens: a ``tokenizers.Encoding``, or ids a caller built itself (a server
@@ -39,13 +56,99 @@ class TokenIds(Protocol):
 
 
 class TextTooLongError(InvalidValueError):
-    """A text has more tokens than ``max_length`` and truncation is off."""
+    """A text has more tokens than ``max_length`` and truncation is off.
 
-    def __init__(self, index: int, length: int, max_length: int) -> None:
+    ``length`` is the text's token count, or, when ``at_least`` is true, the count of a prefix that already passes
+    ``max_length`` (a long text is tokenized only as far as needed: :meth:`Tokenizer.encodings`); :attr:`tokens`
+    words either for a message."""
+
+    def __init__(self, index: int, length: int, max_length: int, at_least: bool = False) -> None:
+        self.index, self.length, self.max_length, self.at_least = index, length, max_length, at_least
         super().__init__(
-            f"texts[{index}] is {length} tokens long, over max_length={max_length}; pass truncation=True to cut it"
+            f"texts[{index}] is {self.tokens} tokens long, over max_length={max_length}; pass truncation=True to cut it"
         )
-        self.index, self.length, self.max_length = index, length, max_length
+
+    @property
+    def tokens(self) -> str:
+        """The length for a message: ``"600"``, or ``"at least 600"``."""
+        return f"at least {self.length}" if self.at_least else str(self.length)
+
+
+def _splits_at_spaces(pre_tokenizer: dict | None) -> bool:
+    """Whether the pre-tokenizer splits at every space (and splits nothing back together)."""
+    if pre_tokenizer is None:
+        return False
+    kind = pre_tokenizer.get("type")
+    if kind in _SPLITTING_PRE_TOKENIZERS:
+        return True
+    if kind == "ByteLevel":
+        return bool(pre_tokenizer.get("use_regex", True))
+    if kind == "Metaspace":
+        return bool(pre_tokenizer.get("split", True))
+    if kind == "Sequence":
+        members = pre_tokenizer.get("pretokenizers", [])
+        known = _SPLITTING_PRE_TOKENIZERS | _REFINING_PRE_TOKENIZERS
+        return all(m.get("type") in known for m in members) and any(_splits_at_spaces(m) for m in members)
+    return False
+
+
+def _local_normalizer(normalizer: dict | None) -> bool:
+    """Whether the normalizer cannot join a character before a space to anything after it."""
+    if normalizer is None:
+        return True
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        return all(_local_normalizer(n) for n in normalizer.get("normalizers", []))
+    if kind == "Replace":
+        pattern = normalizer.get("pattern", {})
+        if "String" in pattern:
+            return " " not in pattern["String"]
+        return pattern.get("Regex") in _WHITESPACE_ONLY_PATTERNS
+    return kind in _LOCAL_NORMALIZERS
+
+
+# Where a long text may be cut: before a space that follows a non-space, and, under BERT's normalizer (which puts
+# spaces around each CJK ideograph), before an ideograph (its ranges: transformers' ``_is_chinese_char``).
+_SPACE_CUT = r"(?<=\S) "
+_CJK_CUT = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]"
+
+
+def cut_points(backend: _Backend) -> re.Pattern[str] | None:
+    """Where a text's first tokens can be found from the part before (see :meth:`Tokenizer.encodings`): a pattern
+    for the tokenizers transformers builds for the BERT families (WordPiece, byte-level BPE, SentencePiece with
+    Metaspace), ``None`` for any pipeline not known to split there."""
+    try:
+        config = json.loads(backend.to_str())
+    except ValueError:
+        return None
+    normalizer = config.get("normalizer")
+    if not (_splits_at_spaces(config.get("pre_tokenizer")) and _local_normalizer(normalizer)):
+        return None
+    cjk = isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer"
+    return re.compile(
+        f"{_SPACE_CUT}|{_CJK_CUT}" if cjk and normalizer.get("handle_chinese_chars", True) else _SPACE_CUT
+    )
+
+
+def head(text: str, chars: int, cuts: re.Pattern[str] | None) -> str:
+    """``text`` cut at the first of ``cuts`` at or after ``chars`` characters (``text`` itself when it is no longer,
+    has no such point, or ``cuts`` is ``None``)."""
+    if cuts is None or len(text) <= chars:
+        return text
+    found = cuts.search(text, max(chars, 1))
+    return text if found is None else text[: found.start()]
+
+
+class TextTooLargeError(InvalidValueError):
+    """A text would need more than ``max_chars`` characters tokenized at once (``Tokenizer.encodings``)."""
+
+    def __init__(self, index: int, chars: int, max_chars: int) -> None:
+        super().__init__(
+            f"texts[{index}] would be tokenized {chars} characters at once, over max_chars={max_chars}: a long text "
+            "is read only up to a space (or CJK character) past its first max_length tokens, and this one has no such "
+            "point (or its tokenizer cannot be cut)"
+        )
+        self.index, self.chars, self.max_chars = index, chars, max_chars
 
 
 @dataclass(frozen=True)
@@ -79,6 +182,7 @@ class Tokenizer:
         backend.no_padding()
         backend.no_truncation()
         self._backend = backend
+        self._cuts = cut_points(backend)
         self.pad_token_id = pad_token_id
         interface.input_axes(input_names)  # checks the names
         self.input_names = tuple(input_names)
@@ -108,7 +212,7 @@ class Tokenizer:
     def tokenize(self, text: str) -> list[str]:
         """Tokens of ``text`` without [CLS]/[SEP] (or <s>/</s>), like transformers' ``tokenize``."""
         check_texts([text])
-        return list(self._backend.encode(text, add_special_tokens=False).tokens)
+        return list(self._backend.encode_batch([text], add_special_tokens=False)[0].tokens)  # encode holds the GIL
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         """Vocabulary ids of ``tokens``; unknown tokens map to the unknown token's id, as in transformers."""
@@ -137,39 +241,68 @@ class Tokenizer:
             raise InvalidValueError(f"id {token_id} is outside the vocabulary [0, {self.vocab_size})")
         return str(token)
 
-    def _truncated(self, texts: list[str], max_length: int) -> list[Encoding]:
+    def _truncate(self, text: str, max_length: int) -> Encoding:
         # What `enable_truncation(max_length)` does inside `tokenizers` (cut a text's tokens to leave room for the
         # special tokens, then apply the template), on the one shared tokenizer: configuring a copy per max_length
-        # let any client grow a server's memory by ~6 MB per value it sent. Only the texts that are too long are
-        # tokenized again, so short texts cost what they did.
-        encodings = self._backend.encode_batch(texts)
-        long = [index for index, encoding in enumerate(encodings) if len(encoding.ids) > max_length]
-        if long:
-            room = max(0, max_length - self._backend.num_special_tokens_to_add(False))
-            bare = self._backend.encode_batch([texts[index] for index in long], add_special_tokens=False)
-            for index, encoding in zip(long, bare, strict=True):
-                encoding.truncate(room)
-                encodings[index] = self._backend.post_process(encoding)
-        return encodings
+        # let any client grow a server's memory by ~6 MB per value it sent.
+        room = max(0, max_length - self._backend.num_special_tokens_to_add(False))
+        bare = self._backend.encode_batch([text], add_special_tokens=False)[0]  # releases the GIL; encode does not
+        bare.truncate(room)
+        return self._backend.post_process(bare)
 
     def encodings(
-        self, texts: Sequence[str], max_length: int, truncation: bool = True, first_index: int = 0
+        self,
+        texts: Sequence[str],
+        max_length: int,
+        truncation: bool = True,
+        first_index: int = 0,
+        max_chars: int | None = None,
     ) -> list[Encoding]:
         """Unpadded encodings with the tokenizer's special tokens, at most ``max_length`` tokens each.
 
         ``truncation=True`` cuts longer texts to ``max_length`` tokens (keeping the final [SEP], like transformers);
         ``truncation=False`` raises ``TextTooLongError`` (a ``ValueError``) naming the first text that is too long,
         by its index plus ``first_index`` (for callers that pass a slice of their texts).
+
+        A text longer than :data:`HEAD_CHARS_PER_TOKEN` characters per token of ``max_length`` is tokenized only up
+        to the first cut point past there (a space after a non-space; under BERT's normalizer also a CJK ideograph),
+        then 4x further while that part has no more than ``max_length`` tokens, up to the whole text. Where the
+        tokenizer splits at those points (:func:`cut_points`), the tokens of that part are the text's first tokens:
+        the ids are the same, and truncating a 10 MB text costs what a few kB cost. ``max_chars``: refuse
+        (``TextTooLargeError``) a text that would need more characters than that tokenized at once (one with no
+        point to cut at, or under a tokenizer that cannot be cut).
         """
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise InvalidValueError(f"max_length={max_length!r} must be an int >= 2 (room for [CLS] and [SEP])")
-        if truncation:
-            return self._truncated(list(texts), max_length)
-        encodings = list(self._backend.encode_batch(list(texts)))
-        for index, encoding in enumerate(encodings):
-            if len(encoding.ids) > max_length:
-                raise TextTooLongError(first_index + index, len(encoding.ids), max_length)
-        return encodings
+        texts = list(texts)
+        found: list[Encoding | None] = [None] * len(texts)
+        todo = list(range(len(texts)))
+        chars = HEAD_CHARS_PER_TOKEN * max_length
+        too_long: TextTooLongError | None = None  # the first text found too long (the lowest index)
+        while todo:
+            heads = [head(texts[i], chars, self._cuts) for i in todo]
+            if max_chars is not None:
+                for i, part in zip(todo, heads, strict=True):
+                    if len(part) > max_chars:
+                        raise TextTooLargeError(first_index + i, len(part), max_chars)
+            again = []
+            for i, part, encoding in zip(todo, heads, self._backend.encode_batch(heads), strict=True):
+                whole = len(part) == len(texts[i])
+                if len(encoding.ids) <= max_length:
+                    if whole:
+                        found[i] = encoding
+                    else:
+                        again.append(i)  # the first max_length tokens may lie further on: read more of the text
+                elif truncation:
+                    found[i] = self._truncate(part, max_length)
+                elif too_long is None or first_index + i < too_long.index:
+                    too_long = TextTooLongError(first_index + i, len(encoding.ids), max_length, at_least=not whole)
+            if too_long is not None:  # only an earlier text can be the first too long now
+                again = [i for i in again if first_index + i < too_long.index]
+            todo, chars = again, chars * 4
+        if too_long is not None:
+            raise too_long
+        return found  # type: ignore[return-value]  # every index was found
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text with its special tokens, untruncated."""

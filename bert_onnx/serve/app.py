@@ -50,7 +50,7 @@ from bert_onnx.serve.schema import (
     recipe_from,
 )
 from bert_onnx.serve.settings import ServeSettings
-from bert_onnx.serve.tokens import RouteTokenizer
+from bert_onnx.serve.tokens import Ids, RouteTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class EmbeddingServer:
 
     async def _tokenize_inputs(
         self, inputs: Inputs, max_length: int, truncation: bool, hint: str, max_tokens: int | None = None
-    ) -> list[TokenIds]:
+    ) -> list[Ids]:
         size = sum(map(len, inputs.texts if inputs.texts is not None else inputs.ids or []))
         return await _maybe_offload(
             size > OFFLOAD_BYTES,
@@ -211,6 +211,7 @@ class EmbeddingServer:
             truncation,
             self.settings.max_request_tokens if max_tokens is None else max_tokens,
             hint,
+            self.settings.max_text_chars,
         )
 
     async def _run(self, request: Request, tokens: Sequence[TokenIds], kind: Kind) -> Any:
@@ -249,7 +250,7 @@ class EmbeddingServer:
         hint = "this server's recipe has truncation off"
         vectors, usage = await self._vectors(request, inputs, recipe, hint)
         return await _json_response(
-            {"object": "list", "data": _embeddings(vectors, encoding_format), "model": model, "usage": usage},
+            lambda: {"object": "list", "data": _embeddings(vectors, encoding_format), "model": model, "usage": usage},
             vectors.size,
         )
 
@@ -265,7 +266,7 @@ class EmbeddingServer:
         hint = 'send "truncation": true to cut it' if not recipe.truncation else ""
         vectors, usage = await self._vectors(request, inputs, recipe, hint)
         return await _json_response(
-            {
+            lambda: {
                 "object": "list",
                 "data": _embeddings(vectors, encoding_format),
                 "dim": int(vectors.shape[1]),
@@ -283,6 +284,8 @@ class EmbeddingServer:
             pooling = self.pooling if recipe == self.recipe else self.encoder.pooling_for(recipe)
         except (TypeError, ValueError) as exc:
             raise RequestError(422, str(exc), "dimensions" if "dimensions" in str(exc) else None) from None
+        floats = len(inputs) * pooling.dim(self.encoder.hidden_size)
+        self._check_answer(floats, "send fewer texts, or fewer layers or pooling modes")
         max_length = recipe.max_length or self.encoder.max_length
         tokens = await self._tokenize_inputs(self._prompted(inputs, recipe), max_length, recipe.truncation, hint)
         vectors = await self._run(request, tokens, pooling)
@@ -326,13 +329,7 @@ class EmbeddingServer:
         tokens = await self._tokenize_inputs(inputs, max_length, truncation, hint)
         per_token = sum(name != interface.POOLER_OUTPUT for name in names)
         floats = self.encoder.hidden_size * sum(per_token * len(t.ids) + (len(names) - per_token) for t in tokens)
-        if floats * 4 > settings.max_encode_bytes:
-            raise RequestError(
-                413,
-                f"the answer would hold {floats * 4} bytes of float32, over the limit of {settings.max_encode_bytes}; "
-                "send fewer or shorter texts, or fewer outputs",
-                "input",
-            )
+        self._check_answer(floats, "send fewer or shorter texts, or fewer outputs")
         rows = await self._run(request, tokens, Outputs(tuple(dict.fromkeys(names))))
         return await _json_response(
             {
@@ -357,19 +354,18 @@ class EmbeddingServer:
         special = optional(data, "add_special_tokens", bool, True, "true or false")
         max_length, truncation = self._length_options(data)
         inputs = parse_input(data, self.settings.max_inputs, allow_empty_text=True)
-        texts = inputs.texts or []
-        if special:
-            hint = 'send "truncation": true to cut it' if not truncation else ""
-            found = await self._tokenize_inputs(inputs, max_length, truncation, hint)
-            ids = [list(t.ids) for t in found]
-        else:
-            ids = await _maybe_offload(sum(map(len, texts)) > OFFLOAD_BYTES, self.tokens.bare_ids, texts)
+        hint = 'send "truncation": true to cut it' if not truncation else ""
+        found = await self._tokenize_inputs(inputs, max_length, truncation, hint)
+        # Without special tokens: what token-id input takes, the text's tokens inside [CLS] ... [SEP] (the ids
+        # the model sees, under the same max_length and truncation)
+        ids = [list(t.ids if special else t.ids[1:-1]) for t in found]
+        count = sum(map(len, ids))
         return await _json_response(
-            {
+            lambda: {
                 "data": [{"index": i, "ids": row, "tokens": self.tokens.tokens_of(row)} for i, row in enumerate(ids)],
-                "usage": _usage(sum(map(len, ids))),
+                "usage": _usage(count),
             },
-            sum(map(len, ids)),
+            count,
         )
 
     async def _health(self, request: Request) -> Response:
@@ -421,6 +417,14 @@ class EmbeddingServer:
             accept_ids=self.settings.accept_token_ids,
         )
 
+    def _check_answer(self, floats: int, hint: str) -> None:
+        """413 when an answer would hold more than ``max_encode_bytes`` of float32 (``hint``: what to send)."""
+        limit = self.settings.max_encode_bytes
+        if floats * 4 > limit:
+            raise RequestError(
+                413, f"the answer would hold {floats * 4} bytes of float32, over the limit of {limit}; {hint}", "input"
+            )
+
     def _length_options(self, data: dict[str, Any]) -> tuple[int, bool]:
         """``max_length`` (2..the model's, default the server recipe's) and ``truncation`` (default the recipe's)."""
         return length_options(data, self.max_length, self.recipe.truncation, self.encoder.max_length)
@@ -458,9 +462,13 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 async def _json_response(payload: Any, floats: int) -> Response:
-    """A JSON answer, serialized on a worker thread when it holds many numbers."""
-    body = await _maybe_offload(floats > OFFLOAD_FLOATS, _dumps, payload)
-    return Response(body, media_type="application/json")
+    """A JSON answer, serialized on a worker thread when it holds many numbers; ``payload`` may be a function
+    building it (then built there too: turning arrays into lists is most of the work)."""
+
+    def body() -> bytes:
+        return _dumps(payload() if callable(payload) else payload)
+
+    return Response(await _maybe_offload(floats > OFFLOAD_FLOATS, body), media_type="application/json")
 
 
 def _error_response(error: RequestError) -> Response:

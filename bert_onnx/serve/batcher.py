@@ -196,11 +196,18 @@ class Batcher:
             self._on_drop(dropped)
 
     def _drop(self, job: Job) -> None:
-        """Forget ``job``'s unfinished rows (holding the condition); the worker skips them."""
+        """Forget ``job``'s unfinished rows (holding the condition): those still pending leave the queue now (so a
+        client that submits and leaves, again and again, cannot grow it while a round runs); the worker skips those
+        already taken into its round."""
         job.cancelled = True
         self._in_flight -= job.remaining
         self._in_flight_tokens -= job.tokens_left
         job.remaining = job.tokens_left = 0
+        kept = [item for item in self._pending if item.job is not job]
+        if len(kept) < len(self._pending):  # a job's rows are all pending or all taken: it was waiting
+            self._pending_jobs -= 1
+            self._pending_tokens -= job.tokens
+            self._pending = kept
 
     def close(self) -> None:
         """Finish every accepted text, then stop the worker thread. Idempotent."""

@@ -251,11 +251,29 @@ def recipe_from(
     changes = {f.name: f.convert(data[f.name]) for f in RECIPE_FIELDS if f.name in data and (f.openai or not openai)}
     if changes.get("max_length") is not None:
         changes["max_length"] = check_max_length(changes["max_length"], model_max_length)
+    _check_once(changes, num_layers)
     try:
         recipe = base.replace(**changes)
     except (TypeError, ValueError) as exc:
-        raise RequestError(422, str(exc)) from None
+        named = [name for name in changes if name in str(exc)]
+        raise RequestError(422, str(exc), param=named[0] if named else None) from None
     return recipe
+
+
+def _check_once(changes: dict[str, Any], num_layers: int) -> None:
+    """Each layer and each pooling mode at most once (422): a repeat only repeats values, and a request of a few
+    bytes could make every vector thousands of times longer."""
+    layers = changes.get("layers")
+    if isinstance(layers, tuple) and all(type(layer) is int for layer in layers):
+        resolved = [layer + num_layers + 1 if layer < 0 else layer for layer in layers]
+        repeated = next((layer for layer in resolved if resolved.count(layer) > 1), None)
+        if repeated is not None:
+            raise RequestError(
+                422, f"layers names hidden state {repeated} more than once; name each layer once", "layers"
+            )
+    modes = changes.get("pooling")
+    if isinstance(modes, list) and all(isinstance(mode, str) for mode in modes) and len(set(modes)) < len(modes):
+        raise RequestError(422, "pooling names a mode more than once; name each mode once", "pooling")
 
 
 def recipe_echo(recipe: EmbedRecipe) -> dict[str, Any]:

@@ -51,7 +51,10 @@ class ServeSettings(BatchSettings):
     send ids from this model's own tokenizer (``POST /tokenize``).
 
     Per request: at most ``max_body_bytes`` of body, ``max_inputs`` texts and ``max_request_tokens`` tokens (413
-    beyond); ``/encode`` at most ``max_encode_inputs`` texts and ``max_encode_bytes`` of float32 output.
+    beyond); ``/encode`` at most ``max_encode_inputs`` texts; an answer of ``/encode``, ``/embed`` or
+    ``/v1/embeddings`` at most ``max_encode_bytes`` of float32. A long text is tokenized only up to a space past its
+    first ``max_length`` tokens; one that would need more than ``max_text_chars`` characters tokenized at once (no
+    such space, as in a long run of CJK text under a byte-level or SentencePiece tokenizer) is refused with 413.
     The defaults follow OpenAI's embeddings API where it has one (2,048 inputs, 300,000 tokens per request).
     """
 
@@ -64,13 +67,15 @@ class ServeSettings(BatchSettings):
     max_request_tokens: int = 300_000
     max_encode_inputs: int = 16
     max_encode_bytes: int = 32 << 20
+    max_text_chars: int = 100_000
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.host, str) or not self.host:
             raise InvalidValueError(f"host={self.host!r} must be a host name or address")
         self._set("port", check_int("port", self.port, 0, 65535, hint="0: any free port"))
-        for name in ("max_body_bytes", "max_inputs", "max_request_tokens", "max_encode_inputs", "max_encode_bytes"):
+        limits = ("max_body_bytes", "max_inputs", "max_request_tokens", "max_encode_inputs", "max_encode_bytes")
+        for name in (*limits, "max_text_chars"):
             self._set(name, check_int(name, getattr(self, name), low=1))
         self._set("accept_token_ids", check_bool("accept_token_ids", self.accept_token_ids))
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):

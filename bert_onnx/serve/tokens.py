@@ -7,16 +7,34 @@ vocabulary and wrapped in the tokenizer's own [CLS] ... [SEP]. Every failure is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from bert_onnx.runtime.tokenizer import TextTooLongError, TokenIds, Tokenizer
+from bert_onnx.runtime.tokenizer import TextTooLargeError, TextTooLongError, Tokenizer
 from bert_onnx.serve.schema import Inputs, RequestError
+
+# Characters of text tokenized in one call (a longer text alone): at ~700 bytes per token in a
+# ``tokenizers.Encoding``, one chunk's encodings take tens of MB at most before they become plain ids.
+CHUNK_CHARS = 256 << 10
+
+
+def _chunks(texts: list[str], max_chars: int | None) -> Iterator[tuple[int, list[str]]]:
+    """``(index of the first, texts)`` of consecutive texts adding up to about :data:`CHUNK_CHARS` characters, each
+    counted at most ``max_chars`` (what tokenizing it can cost)."""
+    start, size = 0, 0
+    for index, text in enumerate(texts):
+        size += len(text) if max_chars is None else min(len(text), max_chars)
+        if size >= CHUNK_CHARS:
+            yield start, texts[start : index + 1]
+            start, size = index + 1, 0
+    if start < len(texts):
+        yield start, texts[start:]
 
 
 @dataclass(frozen=True)
 class Ids:
-    """One text's model input built from token ids (not a ``tokenizers.Encoding``): [CLS] ids [SEP]."""
+    """One text's model input as plain ids, [CLS] ... [SEP] included: from a text (a ``tokenizers.Encoding`` holds
+    ~700 bytes per token, a tuple of ids far less) or from token ids a client sent."""
 
     ids: tuple[int, ...]
     type_ids: tuple[int, ...]
@@ -34,38 +52,62 @@ class RouteTokenizer:
         wrapped = tokenizer.encodings([""], max_length=2)[0].ids  # [CLS] [SEP]: how the tokenizer wraps a text
         self.cls, self.sep = wrapped[0], wrapped[-1]
 
-    def __call__(self, inputs: Inputs, max_length: int, truncation: bool, max_tokens: int, hint: str) -> list[TokenIds]:
+    def __call__(
+        self,
+        inputs: Inputs,
+        max_length: int,
+        truncation: bool,
+        max_tokens: int,
+        hint: str,
+        max_chars: int | None = None,
+    ) -> list[Ids]:
         """Model inputs, [CLS] and [SEP] included; 422 for a text over ``max_length`` tokens without truncation
         (its message ends with ``hint``) or an id outside the vocabulary; 413 when the request holds more than
-        ``max_tokens`` tokens."""
-        tokens: list[TokenIds]
-        if inputs.texts is not None:
-            try:
-                tokens = list(self.tokenizer.encodings(inputs.texts, max_length, truncation))
-            except TextTooLongError as exc:
-                raise RequestError(
-                    422,
-                    f"input[{exc.index}] is {exc.length} tokens long, over max_length={exc.max_length}; {hint}",
-                    param="input",
-                ) from None
-        else:
+        ``max_tokens`` tokens, or a text would be tokenized more than ``max_chars`` characters at once.
+
+        Texts are tokenized a chunk at a time (:data:`CHUNK_CHARS`) into plain :class:`Ids`, and tokenizing stops
+        once ``max_tokens`` is passed: what a request holds while it is tokenized is bounded by its tokens, not by
+        its texts' length."""
+        if inputs.texts is None:
             tokens = [self._wrap(i, ids, max_length, truncation, hint) for i, ids in enumerate(inputs.ids or [])]
+        else:
+            tokens = []
+            for first, chunk in _chunks(inputs.texts, max_chars):
+                tokens += self._texts(chunk, first, max_length, truncation, hint, max_chars)
+                if sum(len(t.ids) for t in tokens) > max_tokens:
+                    break
         total = sum(len(t.ids) for t in tokens)
         if total > max_tokens:
-            raise RequestError(413, f"input has {total} tokens, over the limit of {max_tokens} per request", "input")
+            some = "" if len(tokens) == len(inputs) else f" in its first {len(tokens)} texts"
+            raise RequestError(
+                413, f"input has {total} tokens{some}, over the limit of {max_tokens} per request", "input"
+            )
         return tokens
 
-    def bare_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Each text's ids without [CLS]/[SEP] and untruncated: what token-id input takes."""
-        return [self._ids(self.tokenizer.tokenize(text)) for text in texts]
+    def _texts(
+        self, texts: list[str], first: int, max_length: int, truncation: bool, hint: str, max_chars: int | None
+    ) -> list[Ids]:
+        try:
+            found = self.tokenizer.encodings(texts, max_length, truncation, first, max_chars)
+        except TextTooLongError as exc:
+            raise RequestError(
+                422,
+                f"input[{exc.index}] is {exc.tokens} tokens long, over max_length={exc.max_length}; {hint}",
+                param="input",
+            ) from None
+        except TextTooLargeError as exc:
+            raise RequestError(
+                413,
+                f"input[{exc.index}] would be tokenized {exc.chars} characters at once, over this server's limit of "
+                f"{exc.max_chars} (max_text_chars): a long text is read only up to a space past its first max_length "
+                "tokens, and this one has no space there; send a shorter text",
+                param="input",
+            ) from None
+        return [Ids(tuple(e.ids), tuple(e.type_ids)) for e in found]
 
     def tokens_of(self, ids: Sequence[int]) -> list[str]:
         found = self.tokenizer.convert_ids_to_tokens(ids)
         return [found] if isinstance(found, str) else found
-
-    def _ids(self, tokens: list[str]) -> list[int]:
-        found = self.tokenizer.convert_tokens_to_ids(tokens)
-        return [found] if isinstance(found, int) else found
 
     def _wrap(self, index: int, ids: list[int], max_length: int, truncation: bool, hint: str) -> Ids:
         low, high = min(ids), max(ids)
