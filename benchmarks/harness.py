@@ -43,8 +43,9 @@ def arguments(
 ) -> argparse.ArgumentParser:
     """A parser with the options benchmarks share; each adds its own after.
 
-    ``threads="cpus"`` defaults ``--threads`` to every logical CPU, ``"runtime"`` to the runtime's own choice
-    (``None``, as ``bert-onnx tune`` and ``Encoder`` default). ``repeats`` is ``--repeats``' default.
+    ``threads="cpus"`` defaults ``--threads`` to every CPU this process may use (``machine.usable_cpus``: affinity
+    and cgroup quota), ``"runtime"`` to the runtime's own choice (``None``, as ``bert-onnx tune`` and ``Encoder``
+    default). ``repeats`` is ``--repeats``' default.
     """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if model_dir == "option":
@@ -56,7 +57,8 @@ def arguments(
             "--checkpoint", type=Path, required=checkpoint == "required", help="the checkpoint DIR was exported from"
         )
     if threads == "cpus":
-        parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="default: every logical CPU")
+        cpus = machine_info.usable_cpus()
+        parser.add_argument("--threads", type=int, default=cpus, help="default: every CPU this process may use")
     elif threads == "runtime":
         parser.add_argument("--threads", type=int, default=None, help="default: the runtime's (physical cores)")
     if repeats is not None:

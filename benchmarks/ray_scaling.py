@@ -13,14 +13,13 @@ execution), which a long job amortises and this short one does not. Best of ``--
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import Column
-from bert_onnx import timing
+from bert_onnx import machine, timing
 
 COLUMNS = [
     Column("engine", "engine"),
@@ -40,7 +39,7 @@ def run(model_dir: Path, count: int, variant: str | None, repeats: int, rows_per
 
     paragraphs = list(documentation_paragraphs())
     texts = [paragraphs[i % len(paragraphs)] for i in range(count)]  # cycled: a longer job amortises start-up
-    cpus = os.cpu_count() or 1
+    cpus = machine.usable_cpus()
     rows: list[dict[str, Any]] = []
 
     def record(engine: str, used_cpus: int, measured: timing.Timing) -> None:

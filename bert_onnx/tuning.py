@@ -177,6 +177,7 @@ def tune(
         raise InvalidValueError(f"rounds={rounds!r} and sample={sample!r} must be positive ints")
     if objective not in profile.OBJECTIVES:
         raise InvalidValueError(f"objective={objective!r} is not one of {', '.join(profile.OBJECTIVES)}")
+    threads = machine.check_threads(threads)  # before any work, and as the profile's key records it (an int)
     model_dir = Path(model_dir)
     manifest, references, outcomes, passing = _gated(model_dir, device, threads, progress)
     texts = list(references.texts[:sample])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,29 @@ def test_texts_that_are_not_a_sequence(enc: Any, bad: Any) -> None:
         enc.encode(bad)
 
 
+@pytest.mark.parametrize("method", ["encode", "embed"])
+def test_a_0d_array_of_texts_is_a_type_error_naming_it(enc: Any, method: str) -> None:
+    with pytest.raises(TypeError, match=r"texts is a 0-d NumPy array \(array\('abc'"):
+        getattr(enc, method)(np.array("abc"))
+    assert enc.embed(np.array(["abc", "de"])).shape == (2, enc.hidden_size)  # 1-d arrays are batches
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "cls", "lasttoken", "weightedmean", ["max", "mean"]])
+def test_a_text_that_merges_into_a_left_out_prompt_is_refused_before_it_runs(enc: Any, pooling: Any) -> None:
+    """The prompt "aac" and the text "hen" make one word piece, "aachen": with include_prompt=False nothing of the
+    text is left to pool, which gave NaN (max) or zeros (mean). Refused naming the text, before any batch runs;
+    pooler ignores the mask."""
+    assert len(enc.tokenizer.encodings(["aachen"], 512)[0].ids) <= enc.prompt_length("aac", 512)  # the premise
+    ran: list[int] = []
+    with pytest.raises(ValueError, match=r"texts\[2\] leaves no token to pool: its tokens merged into the prompt's"):
+        enc.embed(["a fine text", "another", "hen"], prompt="aac", include_prompt=False, pooling=pooling,
+                  normalize=True, progress=ran.append)  # fmt: skip
+    assert ran == []
+    for kwargs in ({"include_prompt": True}, {"include_prompt": False, "prompt": "aac "}, {"pooling": "pooler"}):
+        vectors = enc.embed(["hen"], **{"prompt": "aac", "include_prompt": False, "pooling": pooling, **kwargs})
+        assert np.isfinite(vectors).all() and np.abs(vectors).max() > 0, kwargs
+
+
 def test_long_text_is_truncated_by_default(enc: Any) -> None:
     out = enc.encode([LONG_TEXT, "short"], max_length=16)
     assert out.input_ids.shape == (2, 16)
@@ -41,7 +65,7 @@ def test_long_text_is_truncated_by_default(enc: Any) -> None:
 
 @pytest.mark.parametrize("method", ["encode", "embed"])
 def test_long_text_raises_when_truncation_is_off(enc: Any, method: str) -> None:
-    with pytest.raises(ValueError, match=r"texts\[1\] is \d+ tokens long, over max_length=16"):
+    with pytest.raises(ValueError, match=r"texts\[1\] is (at least )?\d+ tokens long, over max_length=16"):
         getattr(enc, method)(["short", LONG_TEXT], max_length=16, truncation=False)
 
 
@@ -124,12 +148,27 @@ def test_unknown_device(export_dir: Callable[[str], Any], device: str) -> None:
         Encoder(export_dir("tiny"), device=device)
 
 
-@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
-def test_bad_threads(export_dir: Callable[[str], Any], threads: Any) -> None:
+TOO_MANY = "4 per usable CPU, plus one"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2", TOO_MANY])
+def test_bad_threads(export_dir: Callable[[str], Any], threads: Any, backend: str) -> None:
+    """One rule for every backend, checked before one is chosen or loads (OpenVINO took 0, 2.5, "2" and 10**6)."""
+    from bert_onnx import machine
     from bert_onnx.runtime import Encoder
 
-    with pytest.raises(ValueError, match="threads"):
-        Encoder(export_dir("tiny"), threads=threads)
+    cap = machine.THREADS_PER_CPU * machine.usable_cpus()
+    threads = cap + 1 if threads == TOO_MANY else threads
+    with pytest.raises(ValueError, match=rf"threads={re.escape(repr(threads))} must be an int in \[1, {cap}\]"):
+        Encoder(export_dir("tiny"), threads=threads, backend=backend)
+
+
+def test_threads_takes_numpy_ints_and_stores_an_int(export_dir: Callable[[str], Any]) -> None:
+    from bert_onnx.runtime import Encoder
+
+    encoder = Encoder(export_dir("tiny"), threads=np.int64(1))
+    assert encoder.threads == 1 and type(encoder.threads) is int
 
 
 def test_threads_setting_gives_same_numbers(export_dir: Callable[[str], Any], enc: Any) -> None:

@@ -140,6 +140,17 @@ def test_bare_ids_take_the_requests_length_and_errors_name_their_field(default: 
         assert reply.status_code == 422 and reply.json()["error"]["param"] == param, reply.text
 
 
+def test_a_text_with_no_token_left_to_pool_is_a_422(tiny: Encoder) -> None:
+    """A text whose tokens all merge into a prompt left out of pooling is refused, naming it, instead of
+    answering NaN (max pooling) or zeros (mean) for it."""
+    recipe = EmbedRecipe(pooling="max", normalize=True, prompt="aac", include_prompt=False)
+    with TestClient(EmbeddingServer(tiny, recipe, ServeSettings()).app) as client:
+        assert vectors(post(client, V1, {"input": ["hello world"]})).shape == (1, tiny.hidden_size)
+        reply = post(client, V1, {"input": ["hello world", "hen"]})
+        assert reply.status_code == 422 and reply.json()["error"]["param"] == "input"
+        assert error(reply).startswith("input[1] leaves no token to pool"), error(reply)
+
+
 def test_an_answer_over_the_limit_is_refused_before_it_runs(tiny: Encoder) -> None:
     """/embed and /v1/embeddings refuse an answer over max_encode_bytes of float32 (layers and pooling modes
     multiply a vector's length), as /encode does, before any text is tokenized or run."""

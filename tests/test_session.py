@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,29 @@ def test_damaged_cache_entry_is_rebuilt_not_used(
     assert _model_path(enc) == folder / choices.get("fp32").file, "a damaged entry was loaded"
     assert graph.read_bytes() == good, "the entry was not rebuilt"
     _same_outputs(enc, Encoder(folder, variant="fp32", session_cache=False))
+
+
+@pytest.mark.fast
+def test_cache_entries_are_fsynced_before_they_are_renamed_into_place(
+    export_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph and its digest that end up in the cache are the very files that were fsynced (same inode), so a
+    crash cannot leave a renamed graph whose bytes never reached the disk."""
+    synced: set[tuple[int, int]] = set()
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.add((info.st_dev, info.st_ino))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    Encoder(export_dir("tiny"), variant="fp32", session_cache=tmp_path)
+    (graph,) = _entries(tmp_path)
+    for entry in (graph, graph.with_suffix(".sha256")):
+        info = entry.stat()
+        assert (info.st_dev, info.st_ino) in synced, f"{entry.name} was renamed into place without an fsync"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "staging files left behind"
 
 
 @pytest.mark.fast

@@ -108,6 +108,23 @@ def test_each_pooling_mode_is_sentence_transformers_arithmetic(modes: tuple[str,
 
 
 @pytest.mark.fast
+def test_rows_left_with_no_token_are_found_before_pooling() -> None:
+    """What the parity test above pools as sentence-transformers does (-inf for max, zeros for mean), callers that
+    know their texts refuse first: a row no longer than the left-out prompt has no token to pool."""
+    lengths = [1, 2, 3, 5, 8, 9]  # as in _batch
+    left_out = Pooling(("max", "mean"), None, "concat", False, prompt_length=3)
+    assert left_out.unpooled(lengths) == [0, 1, 2]
+    states, mask = _batch(0)
+    pooled = left_out({interface.LAST_HIDDEN_STATE: states}, mask)
+    assert not np.isfinite(pooled[:3]).all() and np.isfinite(pooled[3:]).all()  # why the rows are refused
+    with pytest.raises(ValueError, match=r"texts\[10\] \(and 2 other text\(s\)\) leaves no token to pool"):
+        left_out.check_tokens(lengths, first_index=10)
+    left_out.check_tokens(lengths[3:])
+    assert Pooling(("max",), None, "concat", False).unpooled(lengths) == []  # the prompt is pooled
+    assert Pooling(("pooler",), None, "concat", False, prompt_length=3).unpooled(lengths) == []  # no token pooled
+
+
+@pytest.mark.fast
 def test_an_unknown_pooling_mode_raises_naming_the_valid_ones() -> None:
     assert set(POOLINGS) == {"pooler", *TOKEN_POOLINGS}
     with pytest.raises(ValueError, match=f"pooling='sum' is not one of {', '.join(POOLINGS)}"):

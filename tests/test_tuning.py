@@ -10,8 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from helpers import assert_error, run_cli
+from helpers import assert_error, cli_env, run_cli
 from onnx import numpy_helper
 
 from bert_onnx import choices, interface, machine, tuning
@@ -352,3 +356,202 @@ def test_tune_for_latency_records_it_and_picks_the_least_one_text_time(
                   env={profile.PROFILE_ENV: str(profiles)})  # fmt: skip
     assert run.returncode == 0, run.describe()
     assert json.loads(run.stdout)["objective"] == "latency"
+
+
+@pytest.mark.fast
+def test_io_binding_narrows_the_tuned_pick_to_onnx_runtime(tiny_tuned: dict[str, Any], profiles: Path) -> None:
+    """io_binding is an ONNX Runtime option: with it, the fastest ONNX Runtime choice runs, never another backend
+    than the options ask for, and picked_by names the faster choice passed over and why."""
+    _write_profile(profiles, tiny_tuned, _fastest("openvino-fp32"))
+    assert Encoder(tiny_tuned["folder"]).choice == "openvino-fp32"
+    bound = Encoder(tiny_tuned["folder"], io_binding=True)
+    assert (bound.choice, bound.backend, bound.io_binding) == ("fp32", "onnxruntime", True)
+    reason = bound.describe()["picked_by"]
+    assert reason.startswith("tuned here on ") and "fits the keywords given" in reason
+    assert "openvino-fp32 measured faster (1000.0 texts/s on real text) but was passed over: io_binding is an ONNX " \
+        "Runtime feature" in reason  # fmt: skip
+    assert Encoder(tiny_tuned["folder"], io_binding=False).choice == "openvino-fp32"
+    named = Encoder(tiny_tuned["folder"], backend="onnxruntime").describe()["picked_by"]
+    assert "openvino-fp32 measured faster" in named and "backend='onnxruntime' was asked for" in named
+    with pytest.raises(ValueError, match="io_binding is an ONNX Runtime feature; backend='openvino' does not use it"):
+        Encoder(tiny_tuned["folder"], backend="openvino", io_binding=True)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set ``entry[key]`` (``"choices.*.key"``: that key of every choice) to ``value``."""
+
+    def edit(entry: dict[str, Any]) -> None:
+        keys = path.split(".")
+        for target in entry["choices"] if keys[0] == "choices" and len(keys) == 3 else [entry]:
+            target[keys[-1]] = value
+
+    return edit
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        pytest.param(_set("machine", None), "its 'machine' is None, not an object", id="machine-null"),
+        pytest.param(_set("versions", None), "its 'versions' is None, not an object", id="versions-null"),
+        pytest.param(_set("choices", None), "its 'choices' is None, not a list", id="choices-null"),
+        pytest.param(_set("choices", 5), "its 'choices' is 5, not a list", id="choices-number"),
+        pytest.param(_set("created", 7), "its 'created' is 7, not a string", id="created-number"),
+        pytest.param(lambda e: e["choices"].append(None), "is None, not a choice with a name", id="choice-null"),
+        pytest.param(_set("choices.*.passed", "yes"), "has passed='yes', not true or false", id="passed-string"),
+        pytest.param(_set("choices.*.texts_per_second", "fast"), "texts_per_second='fast'", id="speed-string"),
+        pytest.param(_set("choices.*.texts_per_second", float("nan")), "texts_per_second=nan", id="speed-nan"),
+        pytest.param(_set("choices.*.one_text_ms", True), "one_text_ms=True", id="latency-bool"),
+    ],
+)
+def test_a_malformed_entry_is_ignored_with_a_warning(
+    tiny_tuned: dict[str, Any],
+    profiles: Path,
+    caplog: pytest.LogCaptureFixture,
+    edit: Callable[[dict[str, Any]], None],
+    problem: str,
+) -> None:
+    """A damaged or hand-edited entry never crashes Encoder(DIR): it is reported, naming the field, and ignored;
+    a well-formed entry beside it still counts, and the next save drops the bad one."""
+    _write_profile(profiles, tiny_tuned, edit)
+    with caplog.at_level(logging.WARNING, logger="bert_onnx.runtime.profile"):
+        encoder = Encoder(tiny_tuned["folder"])
+    assert encoder.choice == "fp32" and "no tuned profile for this machine" in encoder.picked_by
+    assert any("ignoring entry 0 of the tuned profile" in r.getMessage() and problem in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]  # fmt: skip
+    path = profiles / tiny_tuned["path"].name
+    body = json.loads(path.read_text())
+    good = json.loads(json.dumps(tiny_tuned["body"]["entries"][0]))
+    _fastest("openvino-fp32")(good)
+    body["entries"].append(good)
+    path.write_text(json.dumps(body))
+    assert Encoder(tiny_tuned["folder"]).choice == "openvino-fp32"
+    manifest = Manifest.read(tiny_tuned["folder"])
+    profile.save_entry(manifest, tiny_tuned["folder"], {**good, "machine": {"cpu": "elsewhere"}}, profiles)
+    assert len(json.loads(path.read_text())["entries"]) == 2  # the good entry and the new one
+
+
+SAVER = """
+import sys, time
+from pathlib import Path
+from bert_onnx.manifest import Manifest
+from bert_onnx.runtime import profile
+
+folder, profiles, start, tag, count = sys.argv[1:]
+manifest = Manifest.read(folder)
+while not Path(start).exists():  # every process is imported and waiting: the saves overlap
+    time.sleep(0.001)
+for i in range(int(count)):
+    entry = {"machine": {"process": tag, "i": i}, "versions": {}, "choices": []}
+    profile.save_entry(manifest, Path(folder), entry, Path(profiles))
+"""
+
+
+def test_concurrent_saves_keep_every_entry(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    """Three processes saving at once (as parallel `tune` runs do) keep all of each other's entries."""
+    folder, profiles, start = export_dir("tiny"), tmp_path / "profiles", tmp_path / "start"
+    count, processes = 30, 3
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", SAVER, str(folder), str(profiles), str(start), str(tag), str(count)],
+            env=cli_env(),
+        )
+        for tag in range(processes)
+    ]
+    time.sleep(2.0)  # let them import; a slow one only overlaps less, never makes the test pass wrongly
+    start.touch()
+    assert [child.wait(timeout=120) for child in children] == [0] * processes
+    entries = profile.read_entries(profile.profile_path(Manifest.read(folder), profiles))
+    saved = sorted((e["machine"]["process"], e["machine"]["i"]) for e in entries)
+    assert saved == sorted((str(tag), i) for tag in range(processes) for i in range(count))
+
+
+# -- the CPUs a profile is keyed by --------------------------------------------------------------------------------
+
+
+@pytest.mark.fast
+def test_a_profile_tuned_on_more_cpus_than_this_process_may_use_is_ignored(
+    tiny_tuned: dict[str, Any], profiles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tuned_on = tiny_tuned["body"]["entries"][0]["machine"]["cpus"]
+    if tuned_on < 2:
+        pytest.skip(f"this machine lets the tests use {tuned_on} CPU: there are no fewer to be limited to")
+    _write_profile(profiles, tiny_tuned, _fastest("openvino-fp32"))
+    assert Encoder(tiny_tuned["folder"]).choice == "openvino-fp32"
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # as under `taskset -c 0`
+    assert profile.machine_key("cpu", None)["cpus"] == 1
+    encoder = Encoder(tiny_tuned["folder"])
+    assert encoder.choice == "fp32" and f"cpus {tuned_on}, here 1" in encoder.picked_by
+
+
+def _cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str, files: dict[str, str]) -> None:
+    """A cgroup tree under ``tmp_path``: ``/proc/self/cgroup`` reading ``listed``, and ``files`` in it."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (tmp_path / "proc-cgroup").write_text(listed + "\n")
+    monkeypatch.setattr(machine, "CGROUP_ROOT", root)
+    monkeypatch.setattr(machine, "PROC_CGROUP", tmp_path / "proc-cgroup")
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("listed", "files", "cpus"),
+    [
+        pytest.param("0::/", {"cpu.max": "max 100000"}, 8, id="v2-no-quota"),
+        pytest.param("0::/", {"cpu.max": "150000 100000"}, 2, id="v2-container-1.5-cpus"),
+        pytest.param("0::/", {"cpu.max": "1600000 100000"}, 8, id="v2-quota-above-affinity"),
+        pytest.param(
+            "0::/a/b", {"a/cpu.max": "300000 100000", "a/b/cpu.max": "max 100000"}, 3, id="v2-quota-of-a-parent"
+        ),
+        pytest.param(
+            "4:cpu,cpuacct:/docker/x",
+            {"cpu/docker/x/cpu.cfs_quota_us": "200000", "cpu/docker/x/cpu.cfs_period_us": "100000"},
+            2,
+            id="v1-quota",
+        ),
+        pytest.param(
+            "4:cpu,cpuacct:/docker/x",
+            {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"},
+            8,
+            id="v1-no-quota",
+        ),
+        pytest.param("", {}, 8, id="no-cgroup"),
+    ],
+)
+def test_usable_cpus_follow_the_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str, files: dict[str, str], cpus: int
+) -> None:
+    _cgroup(tmp_path, monkeypatch, listed, files)
+    assert machine.usable_cpus() == cpus == machine.describe()["cpus"] == profile.machine_key("cpu", None)["cpus"]
+    assert machine.check_threads(4 * cpus) == 4 * cpus
+    with pytest.raises(ValueError, match=rf"threads={4 * cpus + 1} must be an int in \[1, {4 * cpus}\]"):
+        machine.check_threads(4 * cpus + 1)
+
+
+AFFINITY = """
+import os
+from bert_onnx import machine
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+print(machine.usable_cpus(), os.cpu_count())
+"""
+
+
+@pytest.mark.fast
+def test_usable_cpus_follow_the_affinity_mask() -> None:
+    """A process pinned to one CPU (as `taskset -c N` pins one) counts one, whatever os.cpu_count() says."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs an affinity mask of at least two CPUs to pin a process to one (Linux)")
+    done = subprocess.run([sys.executable, "-c", AFFINITY], capture_output=True, text=True, env=cli_env(), check=True)
+    usable, counted = map(int, done.stdout.split())
+    assert usable == 1 and counted >= 2
+
+
+@pytest.mark.fast
+def test_tune_checks_threads_before_any_work(export_dir: Callable[[str], Path], profiles: Path) -> None:
+    progress: list[str] = []
+    with pytest.raises(ValueError, match=r"threads=0 must be an int in \[1, "):
+        tuning.tune(export_dir("tiny"), threads=0, profile_dir=profiles, progress=progress.append)
+    assert progress == [] and not profiles.exists()

@@ -41,7 +41,9 @@ class Backend(Protocol):
         """The choice ``Encoder(backend=self.name, variant=..., precision=...)`` asks for, or an error."""
         ...
 
-    def check_options(self, device: str, io_binding: bool | None) -> None: ...
+    def check_options(self, device: str, io_binding: bool | None) -> None:
+        """Refuse ``Encoder`` options this backend does not take (``InvalidValueError`` saying why)."""
+        ...
 
     def unavailable(self, choice: Choice, device: str, manifest: Manifest) -> str | None:
         """Why ``choice`` cannot run (exactly) here, or ``None``."""
@@ -178,15 +180,29 @@ def resolve(
     variant: str | None = None,
     backend: str | None = None,
     precision: str | None = None,
+    io_binding: bool | None = None,
 ) -> Resolved:
-    """The choice ``Encoder``'s keywords ask for; not told which, the fastest passing one tuned here (within
-    ``backend`` if given), else the backend's fp32. Checks only the names: :func:`check_runnable` checks the folder."""
+    """The choice ``Encoder``'s keywords ask for; not told which, the fastest passing one tuned here among those
+    whose backend takes the options given (within ``backend`` if given; ``io_binding=True``: ONNX Runtime's), else
+    the backend's fp32. Checks only the names: the backend's ``check_options`` checks the options,
+    :func:`check_runnable` the folder."""
     if backend is not None and backend not in BACKENDS:
         raise InvalidValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
     if variant is not None or precision is not None:
         choice = BACKENDS[backend or choices.ONNXRUNTIME].choice_for(variant, precision)
         return Resolved(choice, profile.Pick(choice.name, "asked for", tuned=False))
-    pick = profile.lookup(manifest, device, threads, lambda c: backend in (None, c.backend))
+
+    def passed_over(choice: Choice) -> str | None:
+        # Why a tuned choice is not what these keywords ask for: never run something other than what was asked.
+        if backend is not None and choice.backend != backend:
+            return f"backend={backend!r} was asked for"
+        try:
+            BACKENDS[choice.backend].check_options(device, io_binding)
+        except InvalidValueError as exc:
+            return str(exc)
+        return None
+
+    pick = profile.lookup(manifest, device, threads, passed_over)
     choice = choices.get(pick.name) if pick.name is not None else choices.default_for(backend)
     return Resolved(choice, pick)
 

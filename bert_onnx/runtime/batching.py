@@ -7,7 +7,7 @@ batching decides speed and memory only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from bert_onnx.runtime.tokenizer import TokenizedBatch, Tokenizer
 
@@ -49,9 +49,13 @@ def tokenized_batches(
     batch_size: int = 32,
     max_tokens: int = 8192,
     first_index: int = 0,
+    check: Callable[[list[int]], object] | None = None,
 ) -> Iterator[tuple[list[int], TokenizedBatch]]:
     """``(rows, batch)`` pairs covering ``texts``: the indices of the texts in the batch, and the batch padded to
-    its own longest text. ``first_index`` only offsets the index named in a too-long-text error."""
+    its own longest text. ``first_index`` only offsets the index named in a too-long-text error. ``check`` is
+    called with every text's token count before the first batch is made: a caller's refusal comes before any run."""
     encodings = tokenizer.encodings(texts, max_length, truncation, first_index=first_index)
+    if check is not None:
+        check([len(e.ids) for e in encodings])
     for rows in length_sorted_batches([len(e.ids) for e in encodings], batch_size, max_tokens):
         yield rows, tokenizer.pad([encodings[i] for i in rows], "longest", max_length)

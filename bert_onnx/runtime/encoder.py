@@ -61,7 +61,8 @@ class Encoder:
 
     Loading verifies the SHA-256 of every file it uses against ``manifest.json`` (``verify=False`` skips it) and
     creates one session on ``device`` ("cpu" or "cuda"; CUDA never falls back to CPU silently). ``threads`` sets
-    ONNX Runtime's intra-op threads (default: its own choice, one per physical core).
+    the backend's intra-op threads (default: its own choice, one per physical core): an int from 1 to 4 per CPU this
+    process may use (:func:`bert_onnx.machine.check_threads`), checked the same for every backend.
 
     ``session_cache``: keep ONNX Runtime's rewritten graph on disk so later loads start from it: ``True`` for
     ``$BERT_ONNX_SESSION_CACHE`` or ``~/.cache/bert-onnx/sessions``, or a folder. Off by default: with ONNX
@@ -78,9 +79,11 @@ class Encoder:
     (bf16 on a CPU without bf16 units raises ``BackendError``). Same inputs, outputs, checks and threading.
 
     Not told which, it runs what was measured fastest here: the choice ``bert-onnx tune DIR`` found fastest among
-    those that passed their gates on this machine (:mod:`bert_onnx.runtime.profile`), within ``backend`` if given.
-    Without such a profile it runs fp32, the exact one: which choice is faster depends on the CPU, and a probe at
-    every load would cost more than it saves (docs/variants.md). :meth:`describe` says what was picked and why.
+    those that passed their gates on this machine (:mod:`bert_onnx.runtime.profile`), within ``backend`` if given
+    and among those whose backend takes the options given (``io_binding=True``: ONNX Runtime's; ``picked_by`` names
+    a faster choice passed over, and why). Without such a profile it runs fp32, the exact one: which choice is
+    faster depends on the CPU, and a probe at every load would cost more than it saves (docs/variants.md).
+    :meth:`describe` says what was picked and why.
     An int8 graph with signed 8-bit (s8) weights on a CPU without VNNI, where ONNX Runtime's int8 kernels clip its
     products, runs only when asked for, with a warning.
     """
@@ -102,11 +105,12 @@ class Encoder:
         if io_binding is not None and not isinstance(io_binding, bool):
             raise InvalidTypeError(f"io_binding={io_binding!r} must be True, False or None")
         check_choice("device", device, tuple(DEVICES))
+        threads = machine.check_threads(threads)  # one rule for every backend, before one is picked
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelFolderError(f"{self.model_dir}: not a folder (expected the output of `bert-onnx export`)")
         self.manifest = Manifest.read(self.model_dir)
-        resolved = backends.resolve(self.manifest, device, threads, variant, backend, precision)
+        resolved = backends.resolve(self.manifest, device, threads, variant, backend, precision, io_binding)
         runs = backends.backend_of(resolved.choice)
         runs.check_options(device, io_binding)
         backends.check_runnable(self.manifest, self.model_dir, resolved, device)
@@ -451,7 +455,9 @@ class Encoder:
         Texts (the recipe's prompt prepended) are sorted by length into batches of at most ``batching.batch_size``
         texts and ``batching.max_tokens`` padded tokens (:mod:`bert_onnx.runtime.batching`), each padded only to
         its own longest text, and only the outputs the recipe needs are fetched. A text's vector does not depend on
-        its batch. ``progress(n)`` is called after each batch with the number of texts it finished.
+        its batch. ``progress(n)`` is called after each batch with the number of texts it finished. A text left with
+        no token to pool (its tokens merged into a prompt that ``include_prompt=False`` leaves out) raises
+        ``InvalidValueError`` naming it, before its window of texts runs.
         """
         recipe = self.default_recipe if recipe is None else recipe
         batching = Batching() if batching is None else batching
@@ -475,6 +481,7 @@ class Encoder:
                 batching.batch_size,
                 batching.max_tokens,
                 first_index=offset,
+                check=functools.partial(pooling.check_tokens, first_index=offset),
             )
             for rows, tokens in batches:
                 outputs = self._forward(tokens, pooling.fetch)

@@ -19,6 +19,11 @@ def check_texts(texts: Any) -> list[str]:
     """
     if isinstance(texts, bytes | bytearray) or not isinstance(texts, str | Sequence | np.ndarray):
         raise InvalidTypeError(f"texts must be a str or a sequence of str, not {type(texts).__name__}")
+    if isinstance(texts, np.ndarray) and texts.ndim == 0:
+        raise InvalidTypeError(
+            f"texts is a 0-d NumPy array ({texts!r:.40}), which holds one value and cannot be iterated; pass a str, "
+            "a list of str or a 1-d array"
+        )
     batch = [texts] if isinstance(texts, str) else list(texts)
     for index, text in enumerate(batch):
         if not isinstance(text, str):

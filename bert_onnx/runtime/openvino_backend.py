@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_onnx import machine
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.manifest import ModelFolderError
 
@@ -85,6 +86,7 @@ class OpenVINOSession:
         self, model_path: str | Path, precision: str, threads: int | None = None, cache_dir: Path | None = None
     ) -> None:
         check_precision(precision)
+        threads = machine.check_threads(threads)
         ov = _openvino()
         core = ov.Core()
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}

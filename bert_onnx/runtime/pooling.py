@@ -153,8 +153,10 @@ class Pooling:
     """The vector step of an ``EmbedRecipe`` (which validates the fields) for one model: pool each of ``layers``
     (hidden-state indices 0..N, or ``None`` for ``last_hidden_state``) by ``modes``, join the layers by ``combine``,
     apply ``dense`` in order, keep the first ``dimensions`` values, and scale to unit length if ``normalize``.
-    ``prompt_length`` tokens at the start of every row (a prompt's) are left out of pooling. Hashable: the server
-    merges rows of equal steps into one call."""
+    ``prompt_length`` tokens at the start of every row (a prompt's) are left out of pooling; a row left with no token
+    pools as sentence-transformers pools it (max: -inf, mean: zeros), so a caller that knows which texts it pools
+    refuses those first (:meth:`unpooled`, :meth:`check_tokens`). Hashable: the server merges rows of equal steps
+    into one call."""
 
     modes: tuple[str, ...]
     layers: tuple[int, ...] | None
@@ -198,6 +200,28 @@ class Pooling:
             dimensions,
             prompt_length,
         )
+
+    def unpooled(self, lengths: Sequence[int]) -> list[int]:
+        """The positions in ``lengths`` (texts' token counts with the prompt, [CLS] and [SEP] included) of the texts
+        that would have no token to pool. Only a prompt left out of pooling can take every token: where the prompt
+        ends inside a word the text completes ("aac" + "hen" is one word piece, "aachen"), the text's tokens merge
+        into the prompt's, and so may its [SEP]. ``pooler`` reads no token vector, so it has none."""
+        if not self.prompt_length or self.modes == (POOLER,):
+            return []
+        return [index for index, length in enumerate(lengths) if length <= self.prompt_length]
+
+    def check_tokens(self, lengths: Sequence[int], first_index: int = 0) -> None:
+        """Refuse the texts :meth:`unpooled` finds, naming the first as ``texts[first_index + position]``."""
+        empty = self.unpooled(lengths)
+        if empty:
+            first = empty[0]
+            more = f" (and {len(empty) - 1} other text(s))" if len(empty) > 1 else ""
+            raise InvalidValueError(
+                f"texts[{first_index + first}]{more} leaves no token to pool: its tokens merged into the prompt's (the "
+                f"prompt and the text tokenize to {lengths[first]} tokens, all among the prompt's first "
+                f"{self.prompt_length}, which include_prompt=False leaves out); end the prompt with a space or "
+                "punctuation, or pass include_prompt=True"
+            )
 
     @property
     def pooling(self) -> str | tuple[str, ...]:

@@ -10,13 +10,17 @@ the cache off unless asked.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import tempfile
 import warnings
 from pathlib import Path
+from typing import IO
 
 import onnxruntime as ort
 
-from bert_onnx._files import atomic_write_text
+from bert_onnx import machine
+from bert_onnx._files import atomic_write, atomic_write_text
 from bert_onnx.errors import BertOnnxError, InvalidValueError
 from bert_onnx.manifest import ModelFolderError, sha256_file
 
@@ -67,13 +71,13 @@ def create_session(
 ) -> ort.InferenceSession:
     """An InferenceSession on ``device`` ("cpu" or "cuda"), never silently on another device.
 
-    ``threads`` sets ONNX Runtime's intra-op threads; ``None`` keeps its default (one per physical core).
+    ``threads`` sets ONNX Runtime's intra-op threads (checked by :func:`bert_onnx.machine.check_threads`); ``None``
+    keeps its default (one per physical core).
     ``cache_dir`` with ``model_sha256`` (the verified SHA-256 of ``model_path``) enables the optimized-graph cache.
     """
     if device not in DEVICES:
         raise InvalidValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise InvalidValueError(f"threads={threads!r} must be a positive int or None")
+    threads = machine.check_threads(threads)
     provider = DEVICES[device]
     available = ort.get_available_providers()
     if provider not in available:
@@ -137,7 +141,10 @@ def _cached_session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        staged = cache_dir / f".{graph.name}.{os.getpid()}.tmp"
+        # A name of its own (not just the pid): two threads of one process may fill the cache at once.
+        handle, name = tempfile.mkstemp(prefix=f".{graph.name}.", suffix=".tmp", dir=cache_dir)
+        os.close(handle)
+        staged = Path(name)
         options.optimized_model_filepath = str(staged)
     except OSError as exc:
         message = f"bert-onnx: cannot write the session cache in {cache_dir} ({exc}); loading without it"
@@ -145,11 +152,27 @@ def _cached_session(
         return _session(path, _options(threads), providers)
     try:
         session = _session(path, options, providers)
-        if staged.is_file():
-            os.replace(staged, graph)
-            atomic_write_text(digest, sha256_file(graph) + "\n")
+        if staged.is_file() and staged.stat().st_size > 0:  # ONNX Runtime wrote it
+            _install(staged, graph, digest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
     # The session that wrote the cache ran at the extended level only; load the full-level one the next time.
     return session
+
+
+def _install(staged: Path, graph: Path, digest: Path) -> None:
+    """Put the graph ONNX Runtime wrote at ``staged`` in place as ``graph`` through the package's atomic write
+    (copied, fsynced, renamed: ONNX Runtime writes to a path, not into a file we can fsync before the rename), then
+    its SHA-256, hashed while copying, as ``digest``: a crash leaves the old entry, or a graph whose digest is
+    missing or stale, which :func:`_load_cached` refuses and the next load rebuilds."""
+    sha = hashlib.sha256()
+
+    def copy(target: IO[bytes]) -> None:
+        with staged.open("rb") as source:
+            while chunk := source.read(1 << 20):
+                sha.update(chunk)
+                target.write(chunk)
+
+    atomic_write(graph, copy)
+    atomic_write_text(digest, sha.hexdigest() + "\n")

@@ -288,6 +288,10 @@ class EmbeddingServer:
         self._check_answer(floats, "send fewer texts, or fewer layers or pooling modes")
         max_length = recipe.max_length or self.encoder.max_length
         tokens = await self._tokenize_inputs(self._prompted(inputs, recipe), max_length, recipe.truncation, hint)
+        try:  # a text whose tokens all merged into a prompt left out of pooling has nothing to pool
+            pooling.check_tokens([len(t.ids) for t in tokens])
+        except ValueError as exc:
+            raise RequestError(422, str(exc).replace("texts[", "input[", 1), "input") from None
         vectors = await self._run(request, tokens, pooling)
         return vectors, _usage(sum(len(t.ids) for t in tokens))
 
