@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import IO
 
@@ -57,20 +60,62 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def _owner() -> str:
+    """This process, as a staging folder's name records it: ``HOST-PID`` (the host letters and digits only)."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+    return f"{host}-{os.getpid()}"
+
+
+def _staging_pattern(target: Path) -> re.Pattern[str]:
+    """Names :func:`staging_dir` gives ``target``'s staging folders: ``.NAME.HOST-PID-RANDOM.partial``."""
+    return re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[a-z0-9_]+\.partial")
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists (a process we may not signal exists too)."""
+    if os.name == "nt" or pid == os.getpid():  # on Windows os.kill(pid, 0) would end the process: keep the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staging_dir(target: str | Path) -> Iterator[Path]:
-    """A fresh temporary folder beside ``target`` (same filesystem, so it can be renamed into place).
+    """A fresh temporary folder beside ``target`` (same filesystem, so it can be renamed into place), named
+    ``.NAME.HOST-PID-RANDOM.partial`` so that :func:`remove_stale_staging` can tell when its owner is gone.
 
     Removed on error; the caller installs it with :func:`install_dir` before the context ends.
     """
     target = Path(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_owner()}-", suffix=".partial", dir=target.parent))
     _default_mode(tmp, is_dir=True)
     try:
         yield tmp
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_staging(target: str | Path) -> list[Path]:
+    """Remove the staging folders of ``target`` that a killed process left (``kill -9``, a power cut: no ``finally``
+    ran), and return them. Only folders this machine's processes made, whose process is gone, are removed; one of a
+    running process or of another host (a shared filesystem) is left alone."""
+    target = Path(target)
+    pattern, host = _staging_pattern(target), _owner().rsplit("-", 1)[0]
+    removed = []
+    for entry in sorted(target.parent.glob(f".{glob_escape(target.name)}.*.partial")):
+        match = pattern.fullmatch(entry.name)
+        if match is None or match["host"] != host or entry.is_symlink() or not entry.is_dir():
+            continue
+        if not _running(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def install_dir(staged: Path, target: str | Path, replace: bool) -> None:

@@ -184,6 +184,8 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidValueError(f"--input {source}: Is a directory")
     if not from_stdin and not source.is_file():
         raise InvalidValueError(f"--input {source}: No such file")
+    if not from_stdin:
+        jobs.check_apart(source, output, jobs.parts_dir(output))  # before any work; embed_file checks it again
     count = None if from_stdin else jobs.scan(source)[1]
     encoder, recipe = _encoder_and_recipe(args)
     with tqdm(total=count, unit="text", file=sys.stderr, disable=args.quiet, desc="embedding") as bar:
@@ -200,14 +202,25 @@ def _embed(args: argparse.Namespace) -> int:
             )
         except jobs.LineTooLongError as exc:
             raise InvalidValueError(
-                f"{exc.source}: line {exc.line} is {exc.length} tokens long, over --max-length {exc.max_length}; "
+                f"{exc.source}: line {exc.line} is {exc.tokens} tokens long, over --max-length {exc.max_length}; "
                 "turn truncation on (drop --no-truncation) to cut such lines"
             ) from None
         except KeyboardInterrupt:  # the job has logged what it kept
-            print("bert-onnx: interrupted; rerun with --resume to continue", file=sys.stderr)
+            print(f"bert-onnx: interrupted; {_what_was_kept(output, from_stdin)}", file=sys.stderr)
             return 130
     print(f"wrote {output}: {rows} x {dim} float32", file=sys.stderr)
     return 0
+
+
+def _what_was_kept(output: Path, from_stdin: bool) -> str:
+    """What an interrupted ``embed`` leaves, and how to go on."""
+    from bert_onnx import jobs
+
+    if from_stdin:
+        return "nothing was kept: standard input cannot be read again, so a rerun starts from the beginning"
+    if jobs.parts_dir(output).exists():
+        return f"the finished parts are kept in {jobs.parts_dir(output)}; rerun with --resume to continue"
+    return "no part had finished, so nothing was kept"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -566,7 +579,12 @@ def _add_export_command(commands: Any) -> None:
     export.add_argument("--output", "-o", required=True, metavar="DIR", help="model folder to create")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset, 14..20 (default: 17)")
     export.add_argument("--revision", help="hub revision (branch, tag or commit) for a hub id")
-    export.add_argument("--force", action="store_true", help="replace DIR if it is an earlier export")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DIR if it is an earlier export holding only the files its manifest.json lists (anything else "
+        "in it is named and the export refused)",
+    )
     export.add_argument(
         "--allow-unknown-modules",
         action="store_true",
@@ -593,8 +611,8 @@ def _add_embed_command(commands: Any) -> None:
         "array saved to --output, by the folder's own recipe unless recipe flags say otherwise. Texts over "
         "--max-length tokens are truncated unless --no-truncation. The input "
         "is streamed in chunks of --chunk-size lines, each saved in OUT.npy.parts/ as it finishes; an interrupted "
-        "run (Ctrl-C, kill) keeps them, and --resume embeds only what is missing. OUT.npy appears, complete, "
-        "only at the end.",
+        "run (Ctrl-C, kill) of a FILE keeps them, and --resume embeds only what is missing (stdin cannot be read "
+        "twice: its run keeps nothing). OUT.npy appears, complete, only at the end; it may not be FILE itself.",
     )
     embed.add_argument("model_dir", metavar="DIR", help="folder written by bert-onnx export")
     embed.add_argument(
@@ -615,8 +633,10 @@ def _add_embed_command(commands: Any) -> None:
     ray_group = embed.add_argument_group(
         "Ray (--engine ray)",
         "Embed a Parquet or JSONL --input on a Ray cluster into Parquet parts in the --output folder (id, embedding, "
-        "error per row; --chunk-size rows per part). Bad rows are kept with a NaN vector and listed. Needs "
-        "bert-onnx[ray]; nothing about Ray is imported without --engine ray.",
+        "error per row; --chunk-size rows per part; the folder may not hold the input). Bad rows (a null or missing "
+        "text) are kept with a NaN vector and listed; a JSONL where no line has --text-column is refused. A finished "
+        "folder is kept: delete it to embed again. Needs bert-onnx[ray]; nothing about Ray is imported without "
+        "--engine ray.",
     )
     ray_group.add_argument("--engine", choices=("local", "ray"), default="local", help="default: local")
     ray_group.add_argument("--address", help="Ray cluster: auto, ray://HOST:10001 (default: start a local one)")

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,14 +48,23 @@ DEFAULT_CHUNK_SIZE = 10_000
 
 
 class LineTooLongError(InvalidValueError):
-    """A line of the input has more tokens than the recipe's ``max_length``, and truncation is off."""
+    """A line of the input has more tokens than the recipe's ``max_length``, and truncation is off.
 
-    def __init__(self, source: str, line: int, length: int, max_length: int) -> None:
+    ``length`` is the line's token count or, when ``at_least`` is true, that of a prefix already over ``max_length``
+    (the tokenizer stops early on a long text: :class:`~bert_onnx.runtime.tokenizer.TextTooLongError`)."""
+
+    def __init__(self, source: str, line: int, length: int, max_length: int, at_least: bool = False) -> None:
+        self.source, self.line, self.length, self.max_length = source, line, length, max_length
+        self.at_least = at_least
         super().__init__(
-            f"{source}: line {line} is {length} tokens long, over max_length {max_length}; "
+            f"{source}: line {line} is {self.tokens} tokens long, over max_length {max_length}; "
             "embed with truncation on to cut such lines"
         )
-        self.source, self.line, self.length, self.max_length = source, line, length, max_length
+
+    @property
+    def tokens(self) -> str:
+        """The length for a message: ``"600"``, or ``"at least 600"``."""
+        return f"at least {self.length}" if self.at_least else str(self.length)
 
 
 class ResumeError(InvalidValueError):
@@ -75,6 +85,7 @@ class PartStore:
     settings: dict[str, Any]
     suffix: str
     done: dict[int, dict[str, Any]]
+    complete: bool = False  # the job wrote every part (:meth:`finish`); its folder is its result
 
     @property
     def index_path(self) -> Path:
@@ -100,6 +111,7 @@ class PartStore:
             "suffix": self.suffix,
             "settings": self.settings,
             "parts": {str(k): v for k, v in sorted(self.done.items())},
+            "complete": self.complete,
         }
         atomic_write_text(self.index_path, json.dumps(body, indent=1, default=str) + "\n")
 
@@ -110,11 +122,19 @@ class PartStore:
         self.done[number] = {"file": path.name, "rows": int(rows), "sha256": sha256_file(path)}
         self.save()
 
+    def finish(self) -> None:
+        """Record that every part is written: a later run to this folder is told it holds a finished one."""
+        self.complete = True
+        self.save()
+
     @classmethod
-    def open(cls, folder: Path, settings: dict[str, Any], suffix: str, resume: bool) -> PartStore:
+    def open(
+        cls, folder: Path, settings: dict[str, Any], suffix: str, resume: bool, resumable: bool = True
+    ) -> PartStore:
         """A new store, or with ``resume`` the unfinished job's, checked against ``settings`` and its parts.
 
-        A folder that exists and is not empty is never written to without ``resume``; an empty one is used."""
+        A folder that exists and is not empty is never written to without ``resume``; an empty one is used. A job
+        that cannot resume (``resumable=False``: its input is a stream) is told to delete such a folder."""
         folder = Path(folder)
         store = cls(folder, json.loads(json.dumps(settings, default=str)), suffix, {})
         if not folder.exists() or not any(folder.iterdir()):
@@ -124,10 +144,7 @@ class PartStore:
             store.save()
             return store
         if not resume:
-            raise ResumeError(
-                f"{folder} holds an unfinished run of this output (it is not empty); pass --resume (resume=True) "
-                "to continue it, or delete that folder to start over"
-            )
+            raise ResumeError(cls._occupied(folder, resumable))
         for stale in folder.glob(".*.tmp"):  # temporaries of atomic writes that a kill cut short
             stale.unlink(missing_ok=True)
         try:
@@ -154,6 +171,29 @@ class PartStore:
             else:  # our writes never leave this; a damaged part is simply done again
                 log.warning("%s is missing or damaged; embedding that part again", path)
         return store
+
+    @staticmethod
+    def _occupied(folder: Path, resumable: bool) -> str:
+        """Why a job without ``resume`` will not write into ``folder``, which is not empty, and what to do."""
+        try:
+            body = json.loads((folder / "index.json").read_text())
+            complete, parts = body.get("complete") is True, len(body["parts"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            complete, parts = False, 0
+        if complete:
+            return (
+                f"{folder} holds a finished run ({parts} part(s)); to embed again, delete that folder or choose "
+                "another output"
+            )
+        if not resumable:
+            return (
+                f"{folder} holds an unfinished run of this output (it is not empty), which a stream cannot resume; "
+                "delete that folder to start over, or resume it (--resume) from the input file it was started from"
+            )
+        return (
+            f"{folder} holds an unfinished run of this output (it is not empty); pass --resume (resume=True) "
+            "to continue it, or delete that folder to start over"
+        )
 
     @staticmethod
     def finished(folder: Path) -> int:
@@ -235,6 +275,21 @@ def _assemble(store: PartStore, count: int, dim: int, output: Path) -> None:
     atomic_write(output, write)
 
 
+def check_apart(source: Path, output: Path, folder: Path) -> None:
+    """Refuse a job whose ``output`` is its input ``source``, or whose parts ``folder`` holds it: writing the result
+    (or deleting the parts when done) would destroy the input."""
+    if output.exists() and source.exists() and os.path.samefile(source, output):
+        raise InvalidValueError(
+            f"output {output} is the input file {source}: writing there would destroy the input; choose another output"
+        )
+    where = source.parent.resolve() / source.name  # the entry itself: a link in the folder would go with it
+    if folder.resolve() in where.parents:
+        raise InvalidValueError(
+            f"the input {source} is inside {folder}, the folder this job writes its parts into; move the input or "
+            "choose another output"
+        )
+
+
 def vector_settings(encoder: Encoder, recipe: EmbedRecipe) -> dict[str, Any]:
     """What decides a job's vectors, for its fingerprint: the files and way of running the model, and the recipe.
     Batching is left out: a text's vector does not depend on its batch."""
@@ -268,10 +323,11 @@ def embed_file(
     ``recipe`` defaults to the folder's own (``Encoder.default_recipe``); ``batching`` (batch size and token budget)
     changes speed and memory only, so a job may resume with another.
 
-    With ``resume``, an unfinished job of the same ``output`` with the same settings continues where it stopped
-    (not possible from a stream, which cannot be read twice). On an error or an interrupt the finished parts are
-    kept in :func:`parts_dir` (``output`` + ``.parts``), unless none finished. A text over the recipe's
-    ``max_length`` with ``truncation=False`` raises :class:`LineTooLongError` naming its line.
+    With ``resume``, an unfinished job of the same ``output`` with the same settings continues where it stopped.
+    On an error or an interrupt the finished parts are kept in :func:`parts_dir` (``output`` + ``.parts``), unless
+    none finished, or the input is a stream: a stream cannot be read twice, so its job cannot resume and keeps no
+    parts. A text over the recipe's ``max_length`` with ``truncation=False`` raises :class:`LineTooLongError` naming
+    its line. An ``output`` that is ``source`` itself, or whose parts folder holds it, is refused before any work.
     """
     from bert_onnx.runtime.encoder import Encoder
     from bert_onnx.runtime.tokenizer import TextTooLongError
@@ -283,6 +339,8 @@ def embed_file(
     name = "<stdin>" if path is None else str(path)
     if path is None and resume:
         raise InvalidValueError("resuming needs an input file: a stream cannot be read a second time")
+    if path is not None:
+        check_apart(path, output, parts_dir(output))
     input_sha256, count = (None, None) if path is None else scan(path)
     if not isinstance(encoder, Encoder):
         encoder = Encoder(encoder)
@@ -296,7 +354,7 @@ def embed_file(
         "dim": dim,
     }
     folder = parts_dir(output)
-    store = PartStore.open(folder, settings, ".npy", resume)
+    store = PartStore.open(folder, settings, ".npy", resume, resumable=path is not None)
     digest = hashlib.sha256()
     tick = progress or (lambda n: None)
     read = 0
@@ -313,15 +371,18 @@ def embed_file(
                     try:
                         vectors = encoder.embed_recipe(texts, recipe, progress, batching=batching)
                     except TextTooLongError as exc:
-                        raise LineTooLongError(name, read + exc.index + 1, exc.length, exc.max_length) from exc
+                        line = read + exc.index + 1
+                        raise LineTooLongError(name, line, exc.length, exc.max_length, exc.at_least) from exc
                     store.add(number, len(texts), _npy_writer(vectors))
                 read += len(texts)
         if count is not None and (read != count or digest.hexdigest() != input_sha256):
             raise IncompleteRunError(f"{name} changed while it was read; delete {folder} and run again")
-    except BaseException:  # an error or an interrupt: keep what finished
-        if store.done:
+    except BaseException:  # an error or an interrupt: keep what finished, if a rerun can resume from it
+        if store.done and path is not None:
             log.info("%d finished part(s) are kept in %s", len(store.done), folder)
-        else:  # nothing finished: nothing worth keeping
+        else:  # nothing finished, or a stream, which cannot be read again to resume: nothing worth keeping
+            if store.done:
+                log.info("%d finished part(s) removed: a job reading %s cannot resume", len(store.done), name)
             shutil.rmtree(folder, ignore_errors=True)
         raise
     _assemble(store, read, dim, output)

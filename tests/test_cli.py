@@ -197,8 +197,20 @@ class ExportOutcome:
 
 def _copy_earlier_export(case: Path, earlier: Path) -> None:
     shutil.copytree(earlier, case / "model")
-    # A stray file proves --force swaps the folder instead of writing into it.
-    (case / "model" / "stale.txt").write_text("from the earlier export\n", encoding="utf-8")
+    # A file the earlier export listed (as a variant's would be) and this one does not write proves --force swaps the
+    # folder instead of writing into it.
+    stale = case / "model" / "stale.txt"
+    stale.write_text("from the earlier export\n", encoding="utf-8")
+    manifest = json.loads((case / "model" / interface.MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest["files"][stale.name] = hashlib.sha256(stale.read_bytes()).hexdigest()
+    (case / "model" / interface.MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _web_app(case: Path, earlier: Path) -> None:
+    """Someone's folder that happens to hold a manifest.json (a web app's), not ours."""
+    (case / "model" / "src").mkdir(parents=True)
+    (case / "model" / "manifest.json").write_text('{"name": "my app"}', encoding="utf-8")
+    (case / "model" / "src" / "main.js").write_text("precious\n", encoding="utf-8")
 
 
 def _foreign_folder(case: Path, earlier: Path) -> None:
@@ -255,6 +267,12 @@ EXPORT_FAILURES = [
         ("{ckpt}", "--output", "{out}", "--force"),
         prepare=_foreign_folder,
         needles=("not a bert-onnx model folder", "manifest.json", "refusing"),
+    ),
+    ExportCase(
+        "force-over-foreign-manifest",
+        ("{ckpt}", "--output", "{out}", "--force"),
+        prepare=_web_app,
+        needles=("not a bert-onnx model folder", "not a bert-onnx manifest", "refusing"),
     ),
     ExportCase(
         "unlisted-family",
@@ -422,6 +440,30 @@ def test_embed_reads_stdin(tiny_dir: Path, tiny_encoder: Any, tmp_path: Path) ->
     assert "embedding" not in run.stderr, f"--quiet still shows the progress bar\n{run.describe()}"
     np.testing.assert_allclose(np.load(out), tiny_encoder.embed(TEXTS), rtol=0, atol=1e-6)
     assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("link", [None, os.symlink, os.link], ids=["same-path", "symlink", "hard-link"])
+def test_embed_never_writes_over_its_input(tiny_dir: Path, tmp_path: Path, link: Callable[..., None] | None) -> None:
+    source = write_lines(tmp_path / "corpus.txt", TEXTS)
+    before = source.read_bytes()
+    out = source
+    if link is not None:
+        out = tmp_path / "out.npy"
+        link(source, out)
+    run = run_cli(*embed_args(tiny_dir, source, out))
+    assert_error(run, (f"output {out} is the input file {source}", "destroy the input"))
+    assert "embedding" not in run.stderr, "refused only after work began"
+    assert source.read_bytes() == before
+    assert not parts_dir(out).exists() and leftovers(out) == []
+
+
+def test_embed_says_a_line_is_at_least_n_tokens_when_it_stopped_counting(tiny_dir: Path, tmp_path: Path) -> None:
+    """A long line is tokenized only until it passes --max-length: the message says "at least"."""
+    source = write_lines(tmp_path / "long.txt", ["short", "word " * 20_000])
+    run = run_cli(*embed_args(tiny_dir, source, tmp_path / "out.npy", "--max-length", "8", "--no-truncation"))
+    assert_error(run, ("long.txt: line 2 is at least ", " tokens long, over --max-length 8", "drop --no-truncation"))
+    count = int(re.search(r"is at least (\d+) tokens", run.stderr).group(1))  # type: ignore[union-attr]
+    assert 8 < count < 20_000, "the count is of a prefix, past the limit and short of the line"
 
 
 def test_embed_empty_input_writes_empty_array(tiny_dir: Path, tmp_path: Path) -> None:

@@ -185,6 +185,31 @@ def test_resume_from_stdin_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
     assert_error(run, ("--resume needs --input FILE",))
 
 
+def test_an_interrupted_run_from_stdin_keeps_nothing_and_blocks_no_rerun(
+    tiny_dir: Path, tmp_path: Path, encoder: Any
+) -> None:
+    """Stdin cannot be read twice, so its finished chunks cannot be resumed: Ctrl-C removes them, says so, and does
+    not suggest --resume; the next run from stdin to the same output just works."""
+    out = tmp_path / "out.npy"
+    command = [sys.executable, "-m", "bert_onnx", *map(str, embed_args(tiny_dir, "-", out, "--chunk-size", "2", "-q"))]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env()
+    )
+    assert process.stdin is not None
+    process.stdin.write(b"one\ntwo\nthree\nfour\nfive\n")  # stdin stays open: the run waits for more lines
+    process.stdin.flush()
+    _wait_for_parts(process, out, 2)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert process.returncode == 130, stderr
+    assert "2 finished part(s) removed" in stderr and "standard input cannot be read again" in stderr, stderr
+    assert "--resume" not in stderr, stderr
+    assert not parts_dir(out).exists() and not out.exists()
+    run = run_cli(*embed_args(tiny_dir, "-", out), stdin=b"one\ntwo\nthree\n")
+    assert run.returncode == 0, run.describe()
+    np.testing.assert_allclose(np.load(out), encoder("tiny").embed(["one", "two", "three"]), atol=1e-6)
+
+
 def test_resume_without_an_unfinished_run_starts_fresh(tiny_dir: Path, tmp_path: Path, encoder: Any) -> None:
     source = write_lines(tmp_path / "few.txt", ["one", "two", "three"])
     out = tmp_path / "out.npy"

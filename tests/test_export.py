@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import checkpoint_path, max_diffs, torch_reference
+from helpers import CHECKPOINT_NAMES, checkpoint_path, max_diffs, torch_reference
 
 from bert_onnx import interface
 from bert_onnx.export import ExportError, ParityError, export_model
@@ -32,6 +33,14 @@ def random_checkpoint(folder: Path, seed: int = 0, add_pooling_layer: bool = Tru
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(checkpoint_path("tiny") / name, folder / name)
     return folder
+
+
+def list_in_manifest(folder: Path, name: str, text: str) -> None:
+    """Write ``name`` into the export ``folder`` and list it in its manifest, as the file of a variant would be."""
+    (folder / name).write_text(text, encoding="utf-8")
+    manifest = json.loads((folder / interface.MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest["files"][name] = sha256_file(folder / name)
+    (folder / interface.MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
 
 
 def partial_dirs(parent: Path) -> list[Path]:
@@ -125,7 +134,7 @@ def test_existing_output_needs_force(export_dir: Callable[[str], Path], tmp_path
     with pytest.raises(ExportError, match="already exists; pass --force"):
         export_model(str(checkpoint_path("tiny")), target, **QUIET)
     assert Manifest.read(target).created == before
-    (target / "stale.txt").write_text("from the earlier export\n", encoding="utf-8")
+    list_in_manifest(target, "stale.txt", "from the earlier export\n")  # as a variant the new export skips
     export_model(str(checkpoint_path("tiny")), target, force=True, **QUIET)
     # --force swapped in a whole new folder: nothing of the earlier one is left, and the new one verifies.
     assert not (target / "stale.txt").exists()
@@ -151,6 +160,153 @@ def test_force_never_replaces_a_folder_we_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ExportError, match="is not a folder"):
         export_model(str(checkpoint_path("tiny")), tmp_path / "file", force=True, **QUIET)
+
+
+def _foreign_manifest(target: Path, earlier: Path) -> None:
+    """Someone's web app: a manifest.json that is not ours, and their source beside it."""
+    (target / "src").mkdir(parents=True)
+    (target / interface.MANIFEST_FILE).write_text('{"name": "my app"}', encoding="utf-8")
+    (target / "src" / "main.js").write_text("precious", encoding="utf-8")
+
+
+def _export_with_user_files(target: Path, earlier: Path) -> None:
+    """An earlier export into which a user put their own files (a note, a folder, an empty folder)."""
+    shutil.copytree(earlier, target)
+    (target / "notes").mkdir()
+    (target / "notes" / "eval.txt").write_text("results", encoding="utf-8")
+    (target / "mine.txt").write_text("mine", encoding="utf-8")
+    (target / "empty").mkdir()
+
+
+def _unreadable_manifest(target: Path, earlier: Path) -> None:
+    target.mkdir()
+    (target / interface.MANIFEST_FILE).write_text("{not json", encoding="utf-8")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("layout", "needles"),
+    [
+        pytest.param(_foreign_manifest, ("not a bert-onnx manifest", "format None"), id="foreign-manifest"),
+        pytest.param(
+            _export_with_user_files,
+            ("does not list: empty/, mine.txt, notes/eval.txt;", "move them out"),
+            id="export-with-user-files",
+        ),
+        pytest.param(_unreadable_manifest, ("cannot be read as JSON",), id="unreadable-manifest"),
+    ],
+)
+def test_force_never_deletes_what_a_manifest_does_not_list(
+    export_dir: Callable[[str], Path],
+    tmp_path: Path,
+    layout: Callable[[Path, Path], None],
+    needles: tuple[str, ...],
+) -> None:
+    target = tmp_path / "model"
+    layout(target, export_dir("tiny"))
+    before = {p.relative_to(target): p.read_bytes() if p.is_file() else None for p in target.rglob("*")}
+    with pytest.raises(ExportError, match="refusing to replace it even with --force") as caught:
+        export_model(str(checkpoint_path("tiny")), target, force=True, **QUIET)
+    for needle in needles:
+        assert needle in str(caught.value)
+    assert {p.relative_to(target): p.read_bytes() if p.is_file() else None for p in target.rglob("*")} == before
+    assert partial_dirs(tmp_path) == []
+
+
+def _staging_of(target: Path, *, pid: int | None = None, host: str | None = None) -> Path:
+    """A staging folder of ``target`` as :func:`staging_dir` names it, owned by ``pid`` on ``host``."""
+    from bert_onnx import _files
+
+    owner = _files._owner()
+    name = f".{target.name}.{host or owner.rsplit('-', 1)[0]}-{pid or owner.rsplit('-', 1)[1]}-abcd1234.partial"
+    (target.parent / name / "model.onnx").parent.mkdir()
+    (target.parent / name / "model.onnx").write_bytes(b"half")
+    return target.parent / name
+
+
+@pytest.mark.fast
+def test_staging_folders_of_killed_exports_are_removed(tmp_path: Path) -> None:
+    """A staging folder whose process was killed (kill -9: no cleanup ran) goes at the next export of that target;
+    one of a running process, of another host, of another target, or not named by us, stays."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "model"
+    # A real one: a process makes its staging folder and is killed with SIGKILL inside it.
+    script = (
+        "import sys, time; from bert_onnx._files import staging_dir\n"
+        "with staging_dir(sys.argv[1]) as staged:\n    print(staged, flush=True); time.sleep(600)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    killed = Path(child.stdout.readline().strip())
+    child.kill()
+    child.wait()
+    assert killed.is_dir() and killed.parent == tmp_path
+    running = _staging_of(target, pid=os.getppid())
+    other_host = _staging_of(target, pid=child.pid, host="elsewhere")
+    other_target = _staging_of(tmp_path / "other", pid=child.pid)
+    old_style = tmp_path / f".{target.name}.k3j2h1g0.partial"
+    old_style.mkdir()
+
+    export_model(str(checkpoint_path("tiny")), target, **QUIET)
+    assert not killed.exists()
+    assert all(p.is_dir() for p in (running, other_host, other_target, old_style))
+    Manifest.read(target).verify_files(target)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("strip", "needles"),
+    [
+        pytest.param(
+            ("vocab.txt", "tokenizer_config.json"),
+            ("no tokenizer files (looked for tokenizer.json, vocab.txt", "5 special tokens"),
+            id="no-tokenizer-files",
+        ),
+        pytest.param(("vocab.txt",), ("no tokenizer files",), id="config-without-vocabulary"),
+    ],
+)
+def test_a_checkpoint_without_its_tokenizer_is_refused(
+    tmp_path: Path, strip: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    checkpoint = Path(shutil.copytree(checkpoint_path("tiny"), tmp_path / "ckpt"))
+    for name in strip:
+        (checkpoint / name).unlink()
+    with pytest.raises(ExportError, match=str(checkpoint)) as caught:
+        export_model(str(checkpoint), tmp_path / "out", **QUIET)
+    for needle in needles:
+        assert needle in str(caught.value)
+    assert not (tmp_path / "out").exists() and partial_dirs(tmp_path) == []
+
+
+@pytest.mark.fast
+def test_a_tokenizer_far_smaller_than_the_vocabulary_is_refused(tmp_path: Path) -> None:
+    checkpoint = Path(shutil.copytree(checkpoint_path("tiny"), tmp_path / "ckpt"))
+    words = (checkpoint / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (checkpoint / "vocab.txt").write_text("\n".join(words[:120]) + "\n", encoding="utf-8")  # [PAD], [unused*], ...
+    with pytest.raises(ExportError, match=r"\(vocab\.txt\) has 120 tokens, under 1% of the model's vocab_size 30522"):
+        export_model(str(checkpoint), tmp_path / "out", **QUIET)
+
+
+@pytest.mark.parametrize("key", sorted(CHECKPOINT_NAMES))
+def test_every_shipped_checkpoint_passes_the_tokenizer_check(key: str, tmp_path: Path) -> None:
+    """Each family's checkpoint (some with a trimmed vocabulary, one with only tokenizer.json) keeps exporting."""
+    from bert_onnx.export.tokenizer import convert_tokenizer
+
+    config = json.loads((checkpoint_path(key) / "config.json").read_text(encoding="utf-8"))
+    converted = convert_tokenizer(checkpoint_path(key), int(config["vocab_size"]), tmp_path / "tokenizer.json")
+    assert len(converted.reference) >= 0.01 * int(config["vocab_size"])
+
+
+@pytest.mark.fast
+def test_a_truncated_weights_file_is_refused_naming_it(tmp_path: Path) -> None:
+    checkpoint = random_checkpoint(tmp_path / "ckpt")
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy
+    with pytest.raises(ExportError, match=f"{weights}: cannot be read .*damaged or incomplete"):
+        export_model(str(checkpoint), tmp_path / "out", **QUIET)
+    assert not (tmp_path / "out").exists() and partial_dirs(tmp_path) == []
 
 
 @pytest.mark.fast

@@ -12,9 +12,11 @@ from typing import IO, Any
 import numpy as np
 import pytest
 
-from bert_onnx.jobs import PartStore, ResumeError, embed_file, parts_dir
+from bert_onnx.errors import InvalidValueError
+from bert_onnx.jobs import LineTooLongError, PartStore, ResumeError, embed_file, parts_dir
 from bert_onnx.runtime import EmbedRecipe, Encoder
 from bert_onnx.runtime.recipe import Batching
+from bert_onnx.runtime.tokenizer import TextTooLongError
 
 pytestmark = pytest.mark.fast  # the edit-loop tier: tiny checkpoint, in process
 
@@ -44,6 +46,19 @@ def test_a_store_keeps_finished_parts_and_refuses_what_does_not_match(tmp_path: 
     (folder / "index.json").write_text("{not json")
     with pytest.raises(ResumeError, match="cannot resume from it"):
         PartStore.open(folder, {"input": "a", "pooling": "cls"}, ".bin", resume=True)
+
+
+def test_a_finished_store_and_a_stream_say_what_to_do(tmp_path: Path) -> None:
+    folder = tmp_path / "job"
+    store = PartStore.open(folder, {"input": "a"}, ".bin", resume=False)
+    store.add(0, 3, _bytes(b"zero"))
+    with pytest.raises(ResumeError, match=r"holds an unfinished run .* a stream cannot resume; delete that folder"):
+        PartStore.open(folder, {"input": "-"}, ".bin", resume=False, resumable=False)
+    store.finish()
+    with pytest.raises(ResumeError, match=r"job holds a finished run \(1 part\(s\)\); to embed again, delete"):
+        PartStore.open(folder, {"input": "a"}, ".bin", resume=False)
+    # Resuming a finished run has nothing left to do.
+    assert PartStore.open(folder, {"input": "a"}, ".bin", resume=True).first_missing() == 1
 
 
 def test_a_damaged_part_is_logged_and_done_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -119,9 +134,64 @@ def test_embed_file_names_the_line_that_is_too_long(export_dir: Callable[[str], 
     source = tmp_path / "in.txt"
     source.write_text("short\n" * 7 + "word " * 40 + "\n", encoding="utf-8")
     recipe = EmbedRecipe(max_length=16, truncation=False)
-    with pytest.raises(ValueError, match=r"in\.txt: line 8 is 42 tokens long, over max_length 16"):
+    # 42 tokens, or "at least N" where the tokenizer stopped counting once past the limit
+    with pytest.raises(ValueError, match=r"in\.txt: line 8 is (42|at least \d+) tokens long, over max_length 16"):
         embed_file(export_dir("tiny"), source, tmp_path / "out.npy", recipe, chunk_size=3)
     assert PartStore.finished(parts_dir(tmp_path / "out.npy")) == 2, "the two finished parts are kept"
+
+
+def test_a_stream_keeps_no_parts_when_interrupted(
+    export_dir: Callable[[str], Path], lines: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen = 0
+
+    def interrupt_after_two_parts(count: int) -> None:
+        nonlocal seen
+        seen += count
+        if seen >= 10:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.npy"
+    with open(lines, "rb") as stream, pytest.raises(KeyboardInterrupt), caplog.at_level(logging.INFO, "bert_onnx"):
+        embed_file(export_dir("tiny"), stream, out, chunk_size=5, progress=interrupt_after_two_parts)
+    assert "1 finished part(s) removed: a job reading <stdin> cannot resume" in caplog.text
+    assert not parts_dir(out).exists() and not out.exists()
+    with open(lines, "rb") as stream:  # nothing blocks the next run
+        assert embed_file(export_dir("tiny"), stream, out, chunk_size=5) == (23, 32)
+
+
+@pytest.mark.parametrize("where", ["output", "parts"])
+def test_a_job_never_writes_over_or_deletes_its_input(
+    export_dir: Callable[[str], Path], lines: Path, tmp_path: Path, where: str
+) -> None:
+    before = lines.read_bytes()
+    if where == "output":
+        out, message = lines, "is the input file"
+    else:
+        out = tmp_path / "out.npy"
+        parts_dir(out).mkdir()
+        source = parts_dir(out) / "corpus.txt"
+        source.write_bytes(before)
+        lines, message = source, "is inside .*out.npy.parts, the folder this job writes its parts into"
+    with pytest.raises(InvalidValueError, match=message):
+        embed_file(export_dir("tiny"), lines, out, chunk_size=5, resume=True)
+    assert lines.read_bytes() == before
+
+
+def test_a_line_too_long_says_at_least_when_the_count_stopped_early(
+    export_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    exact = LineTooLongError("in.txt", 3, 42, 16)
+    assert str(exact).startswith("in.txt: line 3 is 42 tokens long, over max_length 16;")
+    assert str(LineTooLongError("in.txt", 3, 600, 16, at_least=True)).startswith("in.txt: line 3 is at least 600 ")
+    source = tmp_path / "in.txt"
+    source.write_text("short\n" + "word " * 20_000 + "\n", encoding="utf-8")
+    with pytest.raises(LineTooLongError) as caught:
+        embed_file(export_dir("tiny"), source, tmp_path / "out.npy", EmbedRecipe(max_length=16, truncation=False))
+    cause = caught.value.__cause__
+    assert isinstance(cause, TextTooLongError) and cause.at_least, "the runtime stopped counting this line early"
+    assert (caught.value.line, caught.value.length, caught.value.at_least) == (2, cause.length, True)
+    assert f"line 2 is at least {cause.length} tokens long" in str(caught.value)
 
 
 def test_a_job_resumes_with_other_batching_but_not_another_recipe(

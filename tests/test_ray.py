@@ -136,7 +136,7 @@ def test_cli_jsonl_with_bad_rows(
     assert [r["id"] for r in written] == [r["id"] for r in rows] + [5000], "rows lost, repeated or reordered"
     errors = {r["id"]: r["error"] for r in written if r["error"] is not None}
     assert set(errors) == {1003, 1010, 1011, 5000}
-    assert errors[1003] == "text is null" and errors[1011] == "text is null"
+    assert errors[1003] == "text is null" and errors[1011] == "no 'text' field"
     assert errors[1010] == "text is int, expected a string"
     assert "lone surrogate U+D800" in errors[5000]
     for row_id in errors:
@@ -163,6 +163,9 @@ def test_cli_resume_after_kill(
     base = ["embed", model, "--engine", "ray", "--address", cluster, "--input", source, "--chunk-size", "20"]
     run = run_cli(*base, "--output", reference, timeout=300)
     assert run.returncode == 0, run.describe()
+    before = {p.name: p.read_bytes() for p in reference.iterdir()}
+    assert_error(run_cli(*base, "--output", reference), ("holds a finished run (24 part(s))", "delete that folder"))
+    assert {p.name: p.read_bytes() for p in reference.iterdir()} == before
 
     out = tmp_path / "out"
     command = [sys.executable, "-m", "bert_onnx", *map(str, base), "--output", str(out), "--quiet"]
@@ -190,6 +193,80 @@ def test_cli_resume_after_kill(
         for a, b in zip(again, first, strict=True)
     )
     assert worst <= 1e-5, worst
+
+
+JSONL_ERRORS = [
+    pytest.param(
+        '{"id": 1, "body": "a"}\n{"id": 2, "body": "b"}\n',
+        "no line has a 'text' field (line 1 has 'id', 'body'); name the text field with --text-column",
+        id="wrong-text-column",
+    ),
+    pytest.param(
+        '{"id": 1, "text": "a"}\n\n{"id": "x", "text": "b"}\n',
+        "line 3: id 'x' is a string, but line 1's is a number; every 'id' must be of one type",
+        id="mixed-id-types",
+    ),
+    pytest.param(
+        '{"id": [1], "text": "a"}\n{"id": ["x"], "text": "b"}\n',
+        "its 'id' values cannot form one column",
+        id="mixed-nested-ids",
+    ),
+    pytest.param('{"key": 1, "text": "a"}\n', "line 1 has no 'id' field (it has 'key', 'text')", id="no-id"),
+    pytest.param('{"id": 1, "text": "a"}\n[2, "b"]\n', "line 2 is a JSON array, not an object", id="not-an-object"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), JSONL_ERRORS)
+def test_bad_jsonl_is_refused_naming_file_and_line(tmp_path: Path, body: str, message: str) -> None:
+    from bert_onnx.errors import InvalidValueError
+    from bert_onnx.integrations.ray import read_input
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(body, encoding="utf-8")
+    with pytest.raises(InvalidValueError) as caught:
+        read_input(source, "text", "id")
+    assert str(caught.value) == f"{source}: {message}" or str(caught.value).startswith(f"{source}: {message}")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [pytest.param(b"hello\n", id="not-parquet"), pytest.param(b"PAR1" + b"\0" * 64 + b"PAR1", id="damaged")],
+)
+def test_a_file_that_is_not_parquet_is_refused(tmp_path: Path, content: bytes) -> None:
+    from bert_onnx.errors import InvalidValueError
+    from bert_onnx.integrations.ray import read_input
+
+    source = tmp_path / "in.parquet"
+    source.write_bytes(content)
+    with pytest.raises(InvalidValueError, match=f"^{source}: cannot be read as Parquet"):
+        read_input(source, "text", "id")
+
+
+def test_cli_refuses_a_wrong_text_column_before_any_work(export_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out"
+    _write_jsonl(source, [{"id": 1, "body": "a"}, {"id": 2, "body": "b"}])
+    run = run_cli("embed", export_dir("tiny"), source, "--engine", "ray", "--output", out, timeout=300)
+    assert_error(run, (f"{source}: no line has a 'text' field (line 1 has 'id', 'body')", "--text-column"))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["output-holds-input", "output-is-input"])
+def test_an_output_folder_that_holds_the_input_is_refused(
+    export_dir: Callable[[str], Path], tmp_path: Path, inside: bool
+) -> None:
+    from bert_onnx.errors import InvalidValueError
+    from bert_onnx.integrations.ray import embed_to_parquet
+
+    out = tmp_path / "out"
+    out.mkdir()
+    source = out / "in.jsonl" if inside else tmp_path / "in.jsonl"
+    _write_jsonl(source, [{"id": 1, "text": "a"}])
+    before = source.read_bytes()
+    message = "the folder this job writes its parts into" if inside else "is the input file"
+    with pytest.raises(InvalidValueError, match=message):
+        embed_to_parquet(export_dir("tiny"), source, out if inside else source)
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == (["in.jsonl"] if inside else []), "nothing written"
 
 
 def test_a_folder_recipe_is_the_default_on_ray(

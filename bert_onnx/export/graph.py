@@ -95,19 +95,28 @@ def load_model(path: Path) -> tuple[Any, list[str]]:
 
     Eager attention because ONNX Runtime's transformer optimizer cannot fuse the SDPA export. Weights load from
     safetensors when the folder has them, never with remote code. A missing pooler is allowed (noted); any
-    other missing weight is an error, since the outputs would be random.
+    other missing weight is an error, since the outputs would be random; so is a weights file that cannot be read
+    (truncated by an interrupted copy or download).
     """
     import transformers
+    from safetensors import SafetensorError
 
     family = read_family(path)
     model_class = getattr(transformers, family.model_class)
-    loaded: Any = model_class.from_pretrained(
-        path,
-        attn_implementation="eager",
-        dtype=torch.float32,
-        output_loading_info=True,
-        trust_remote_code=False,
-    )
+    try:
+        loaded: Any = model_class.from_pretrained(
+            path,
+            attn_implementation="eager",
+            dtype=torch.float32,
+            output_loading_info=True,
+            trust_remote_code=False,
+        )
+    except SafetensorError as exc:
+        weights = ", ".join(str(f) for f in sorted(path.glob("*.safetensors"))) or f"the weights in {path}"
+        raise ExportError(
+            f"{weights}: cannot be read ({exc}); the file is damaged or incomplete (an interrupted copy or "
+            "download?): copy or download it again"
+        ) from exc
     model, info = loaded
     missing = sorted(info.get("missing_keys", ()))
     pooler_missing = [k for k in missing if k.startswith("pooler.")]

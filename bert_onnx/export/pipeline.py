@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_onnx import __version__, choices, interface, machine
-from bert_onnx._files import atomic_write_text, install_dir, staging_dir
+from bert_onnx._files import atomic_write_text, install_dir, remove_stale_staging, staging_dir
 from bert_onnx.choices import Choice
 from bert_onnx.errors import InvalidValueError
 from bert_onnx.export import variants as builders
@@ -32,7 +34,7 @@ from bert_onnx.export.sentence_transformers import read_layout
 from bert_onnx.export.tokenizer import convert_tokenizer
 from bert_onnx.export.validate import SHORT_ROWS, parity
 from bert_onnx.gates import Corpus, References
-from bert_onnx.manifest import Manifest, ParityReport, VariantRecord, sha256_file
+from bert_onnx.manifest import FORMAT, Manifest, ParityReport, VariantRecord, sha256_file
 from bert_onnx.runtime.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "bert-base-uncased"
@@ -56,11 +58,58 @@ def _check_target(output: Path, force: bool) -> None:
         raise ExportError(f"{output} exists and is not a folder; choose another --output")
     if not force:
         raise ExportError(f"{output} already exists; pass --force to replace it")
-    if any(output.iterdir()) and not (output / interface.MANIFEST_FILE).is_file():
+    _check_replaceable(output)
+
+
+_REFUSING = "refusing to replace it even with --force"
+
+
+def _check_replaceable(output: Path) -> None:
+    """``--force`` deletes the folder it replaces, so it must hold nothing a user gave it: it is empty, or an earlier
+    export (its manifest is bert-onnx's) holding only the manifest and the files that manifest lists."""
+    held = _contents(output)
+    if not held:
+        return
+    manifest = output / interface.MANIFEST_FILE
+    if not manifest.is_file():
         raise ExportError(
-            f"{output} is not empty and is not a bert-onnx model folder (no {interface.MANIFEST_FILE}); "
-            "refusing to replace it even with --force"
+            f"{output} is not empty and is not a bert-onnx model folder (no {interface.MANIFEST_FILE}); {_REFUSING}"
         )
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(
+            f"{output} is not a bert-onnx model folder: its {interface.MANIFEST_FILE} cannot be read as JSON ({exc}); "
+            f"{_REFUSING}"
+        ) from exc
+    found = data.get("format") if isinstance(data, dict) else None
+    files = data.get("files") if isinstance(data, dict) else None
+    if found != FORMAT or not isinstance(files, dict):
+        raise ExportError(
+            f"{output} is not a bert-onnx model folder: its {interface.MANIFEST_FILE} is not a bert-onnx manifest "
+            f"(format {found!r}, not {FORMAT!r}); {_REFUSING}"
+        )
+    listed = {interface.MANIFEST_FILE, *map(str, files)}
+    unlisted = [name for name in held if name not in listed]
+    if unlisted:
+        shown = ", ".join(unlisted[:10]) + (f" and {len(unlisted) - 10} more" if len(unlisted) > 10 else "")
+        raise ExportError(
+            f"{output} is an earlier export but also holds what its {interface.MANIFEST_FILE} does not list: {shown}; "
+            f"{_REFUSING}: move them out, or choose another --output"
+        )
+
+
+def _contents(folder: Path) -> list[str]:
+    """Everything under ``folder`` a replacement would delete, as sorted relative paths: files, links, and folders
+    with nothing in them."""
+    held = []
+    for root, dirs, names in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        links = [d for d in dirs if (Path(root) / d).is_symlink()]  # walk does not enter linked folders
+        held += [(base / name).as_posix() for name in (*names, *links)]
+        if not dirs and not names and base != Path("."):
+            held.append(base.as_posix() + "/")
+    return sorted(held)
 
 
 ALL = "all"  # --variants all: every choice whose gate can be measured here
@@ -292,7 +341,10 @@ def export_model(
 
     The folder is built beside ``output`` and renamed into place only after ONNX Runtime matched PyTorch on
     every output within 1e-4 (:class:`ParityError` otherwise, and nothing is written). An existing ``output``
-    is replaced only with ``force`` and only if it is empty or a previous export.
+    is replaced only with ``force``, and only if it is empty or a previous export (its ``manifest.json`` is
+    bert-onnx's) holding nothing but the files its manifest lists: a folder holding anything else is refused,
+    naming what, so ``force`` never deletes a file bert-onnx did not write. Staging folders that a killed export of
+    ``output`` left beside it (``.NAME.HOST-PID-*.partial``, their process gone) are removed first.
 
     ``variants`` adds faster ways of running (:mod:`bert_onnx.choices`); each named one must pass its own gate or
     the export fails (:class:`VariantGateError`). ``"all"`` stores every choice whose gate can be measured here and
@@ -309,6 +361,8 @@ def export_model(
             f"opset={opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
         )
     _check_target(output, force)
+    for stale in remove_stale_staging(output):
+        log(f"removed {stale}: the staging folder of an export of {output} that was killed")
     started = time.perf_counter()
 
     def step(message: str) -> None:
@@ -354,6 +408,7 @@ def export_model(
         described = _Model(family, max_length, input_names, layout.record)
         manifest = _manifest(checkpoint, config, converted, opset, report, notes, files, records, extra, described)
         manifest.write(staged)
+        _check_target(output, force)  # again: files may have been put there while the export ran
         install_dir(staged, output, replace=force)
     step(f"wrote {output}")
     return manifest

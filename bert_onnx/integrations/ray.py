@@ -135,8 +135,13 @@ class RayEmbedder:
 # -- the driver behind `bert-onnx embed --engine ray` --------------------------------------------------------------
 
 
-def _clean(value: Any) -> tuple[str | None, str | None]:
+MISSING = object()  # a JSONL row without the text field
+
+
+def _clean(value: Any, text_column: str) -> tuple[str | None, str | None]:
     """(text to embed, None) or (None, why the row cannot be embedded)."""
+    if value is MISSING:
+        return None, f"no {text_column!r} field"
     error = row_error(value)
     return (value, None) if error is None else (None, error)
 
@@ -144,40 +149,21 @@ def _clean(value: Any) -> tuple[str | None, str | None]:
 def read_input(path: Path, text_column: str, id_column: str) -> Any:
     """Ids, texts and per-row errors of a Parquet or JSONL file as an Arrow table.
 
-    A null, non-string or invalid-Unicode text keeps its row: its text becomes null and ``error`` says why.
+    A null, missing, non-string or invalid-Unicode text keeps its row: its text becomes null and ``error`` says
+    why. A file that cannot be read as its kind, a missing column (a JSONL field no line has, an id a line lacks),
+    or ids of mixed types raise :class:`~bert_onnx.errors.InvalidValueError` naming the file (and line, for JSONL).
     """
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not path.is_file():
         raise InvalidValueError(f"{path}: No such file")
     if path.suffix.lower() == ".parquet":
-        schema = pq.read_schema(path)
-        missing = [c for c in (id_column, text_column) if c not in schema.names]
-        if missing:
-            raise InvalidValueError(f"{path}: no column(s) {', '.join(missing)} (it has {', '.join(schema.names)})")
-        table = pq.read_table(path, columns=[id_column, text_column])
-        ids, raw = table.column(id_column), table.column(text_column).to_pylist()
+        ids, raw = _read_parquet(path, text_column, id_column)
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        ids_list, raw = [], []
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise InvalidValueError(f"{path}: line {number} is not JSON ({exc})") from exc
-                if not isinstance(row, dict) or id_column not in row:
-                    raise InvalidValueError(f"{path}: line {number} has no {id_column!r} field")
-                ids_list.append(row[id_column])
-                raw.append(row.get(text_column))
-        ids = pa.array(ids_list)
+        ids, raw = _read_jsonl(path, text_column, id_column)
     else:
         raise InvalidValueError(f"{path}: expected a .parquet or .jsonl file")
-    texts, errors = zip(*map(_clean, raw), strict=True) if raw else ((), ())
+    import pyarrow as pa
+
+    texts, errors = zip(*(_clean(value, text_column) for value in raw), strict=True) if raw else ((), ())
     return pa.table(
         {
             id_column: ids,
@@ -185,6 +171,78 @@ def read_input(path: Path, text_column: str, id_column: str) -> Any:
             ERROR_COLUMN: pa.array(list(errors), pa.string()),
         }
     )
+
+
+def _read_parquet(path: Path, text_column: str, id_column: str) -> tuple[Any, list[Any]]:
+    """The id column (Arrow) and the texts of a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+        missing = [c for c in (id_column, text_column) if c not in schema.names]
+        if missing:
+            raise InvalidValueError(f"{path}: no column(s) {', '.join(missing)} (it has {', '.join(schema.names)})")
+        table = pq.read_table(path, columns=[id_column, text_column])
+    except (pa.ArrowException, OSError) as exc:  # not Parquet, truncated, or damaged (some say OSError)
+        raise InvalidValueError(f"{path}: cannot be read as Parquet ({exc})") from exc
+    return table.column(id_column), table.column(text_column).to_pylist()
+
+
+def _json_kind(value: Any) -> str:
+    """JSON's name for the type of a parsed value (ints and floats are both numbers, as in one Arrow column)."""
+    kinds = ((bool, "boolean"), (int | float, "number"), (str, "string"), (list, "array"), (dict, "object"))
+    return next((name for types, name in kinds if isinstance(value, types)), type(value).__name__)
+
+
+def _fields(row: dict[str, Any]) -> str:
+    return ", ".join(map(repr, row)) or "no fields"
+
+
+def _read_jsonl(path: Path, text_column: str, id_column: str) -> tuple[Any, list[Any]]:
+    """The ids (Arrow) and the texts of a JSONL file: one object per line, each with an id, all ids of one JSON type.
+    A line without the text field gets :data:`MISSING` (a bad row); a file where no line has it is refused."""
+    import json
+
+    import pyarrow as pa
+
+    ids, raw = [], []
+    first: tuple[int, str] | None = None  # the line of the first non-null id, and its kind
+    keys: tuple[int, str] | None = None  # the first row's line and fields
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise InvalidValueError(f"{path}: line {number} is not JSON ({exc})") from exc
+            if not isinstance(row, dict):
+                raise InvalidValueError(f"{path}: line {number} is a JSON {_json_kind(row)}, not an object")
+            if id_column not in row:
+                raise InvalidValueError(f"{path}: line {number} has no {id_column!r} field (it has {_fields(row)})")
+            if keys is None:
+                keys = (number, _fields(row))
+            value = row[id_column]
+            if value is not None:
+                if first is None:
+                    first = (number, _json_kind(value))
+                elif _json_kind(value) != first[1]:
+                    raise InvalidValueError(
+                        f"{path}: line {number}: {id_column} {value!r} is a {_json_kind(value)}, but line {first[0]}'s "
+                        f"is a {first[1]}; every {id_column!r} must be of one type"
+                    )
+            ids.append(value)
+            raw.append(row.get(text_column, MISSING))
+    if keys is not None and all(value is MISSING for value in raw):  # a wrong name, not rows without a text
+        raise InvalidValueError(
+            f"{path}: no line has a {text_column!r} field (line {keys[0]} has {keys[1]}); name the text field with "
+            "--text-column (text_column=)"
+        )
+    try:
+        return pa.array(ids), raw
+    except (pa.ArrowException, OverflowError) as exc:  # e.g. nested values of mixed types, a too large integer
+        raise InvalidValueError(f"{path}: its {id_column!r} values cannot form one column ({exc})") from exc
 
 
 def _parquet_writer(rows: dict[str, np.ndarray], id_column: str, output_column: str) -> Any:
@@ -259,15 +317,18 @@ def embed_to_parquet(
 
     Parts hold ``rows_per_part`` consecutive input rows each (id, embedding, error), written by the driver in input
     order into a :class:`bert_onnx.jobs.PartStore`: with ``resume``, a rerun checks the settings and parts and
-    continues after the last finished part, so no row is written twice or lost. Bad rows (null, non-string or
-    invalid text, or too long with truncation off) are kept with a NaN vector and a message, and listed.
-    ``recipe`` defaults to the folder's own; the fingerprint holds it, not ``batching``.
+    continues after the last finished part, so no row is written twice or lost. Bad rows (null, missing, non-string
+    or invalid text, or too long with truncation off) are kept with a NaN vector and a message, and listed.
+    ``recipe`` defaults to the folder's own; the fingerprint holds it, not ``batching``. The index records a finished
+    run, so a later one to the same ``output`` is refused saying so. An ``output`` that is or holds the input is
+    refused before any work.
     """
     import ray
 
-    from bert_onnx.jobs import PartStore, scan
+    from bert_onnx.jobs import PartStore, check_apart, scan
     from bert_onnx.manifest import Manifest
 
+    check_apart(input_path, output, output)
     manifest = Manifest.read(model_dir)
     recipe = folder_recipe(manifest.recipe, str(model_dir)) if recipe is None else recipe
     table = read_input(input_path, text_column, id_column)
@@ -310,4 +371,5 @@ def embed_to_parquet(
     bad = _bad_rows(store, id_column)
     if store.rows != table.num_rows:
         raise IncompleteRunError(f"{output}: {store.rows} rows written for {table.num_rows} input rows")
+    store.finish()
     return {"rows": store.rows, "parts": len(store.done), "bad_rows": bad}
