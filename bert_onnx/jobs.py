@@ -330,6 +330,7 @@ def embed_file(
     its line. An ``output`` that is ``source`` itself, or whose parts folder holds it, is refused before any work.
     """
     from bert_onnx.runtime.encoder import Encoder
+    from bert_onnx.runtime.pooling import UnpooledTextError
     from bert_onnx.runtime.tokenizer import TextTooLongError
 
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -373,6 +374,9 @@ def embed_file(
                     except TextTooLongError as exc:
                         line = read + exc.index + 1
                         raise LineTooLongError(name, line, exc.length, exc.max_length, exc.at_least) from exc
+                    except UnpooledTextError as exc:  # named by its line of the input, not its place in the chunk
+                        where = f"{name}: line {read + exc.index + 1}"
+                        raise InvalidValueError(str(exc).replace(f"texts[{exc.index}]", where, 1)) from exc
                     store.add(number, len(texts), _npy_writer(vectors))
                 read += len(texts)
         if count is not None and (read != count or digest.hexdigest() != input_sha256):

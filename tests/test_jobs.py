@@ -229,3 +229,14 @@ def test_a_job_embeds_by_the_folder_recipe_unless_given_one(
     embed_file(encoder, lines, tmp_path / "cls.npy", EmbedRecipe(), chunk_size=7)
     np.testing.assert_array_equal(np.load(tmp_path / "cls.npy"), encoder.embed_recipe(texts, EmbedRecipe()))
     assert not np.array_equal(np.load(tmp_path / "own.npy"), np.load(tmp_path / "cls.npy"))
+
+
+def test_embed_file_names_the_line_left_with_no_token_to_pool(
+    export_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A line whose tokens all merge into a prompt left out of pooling is named by its line of the input file."""
+    source = tmp_path / "in.txt"
+    source.write_text("short\n" * 4 + "hen\n", encoding="utf-8")
+    recipe = EmbedRecipe(pooling="max", prompt="aac", include_prompt=False)
+    with pytest.raises(InvalidValueError, match=r"in\.txt: line 5 leaves no token to pool"):
+        embed_file(export_dir("tiny"), source, tmp_path / "out.npy", recipe, chunk_size=3)

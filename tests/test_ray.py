@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray", reason="Ray is the [ray] extra, which the test 
 
 from bert_onnx.export.corpus import documentation_paragraphs  # noqa: E402
 from bert_onnx.integrations.ray import RayEmbedder  # noqa: E402
+from bert_onnx.runtime import EmbedRecipe, Encoder  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 
@@ -300,3 +301,17 @@ def test_no_ray_import_without_engine_ray(export_dir: Callable[[str], Path], tmp
         [sys.executable, "-c", script], input=b"one\ntwo\n", capture_output=True, env=cli_env(), check=True
     )
     assert done.stdout.decode().strip() == "False"
+
+
+def test_a_text_with_no_token_left_to_pool_is_a_bad_row(export_dir: Callable[[str], Path]) -> None:
+    """A text whose tokens all merge into a prompt left out of pooling ("aac" + "hen": one word piece) is reported
+    as a bad row with a NaN vector; its batchmates are embedded as Encoder.embed embeds them. Called in process:
+    the per-batch call is what each actor runs."""
+    model = export_dir("tiny")
+    recipe = EmbedRecipe(pooling="max", prompt="aac", include_prompt=False)
+    texts = np.array(["a fine text", "hen", "another"], dtype=object)
+    out = RayEmbedder(model, recipe=recipe)({"id": np.arange(3), "text": texts})
+    assert out["error"][0] is None and out["error"][2] is None
+    assert "leaves no token to pool" in out["error"][1] and np.isnan(out["embedding"][1]).all()
+    expected = Encoder(model).embed_recipe(["a fine text", "another"], recipe)
+    np.testing.assert_allclose(out["embedding"][[0, 2]], expected, rtol=0, atol=1e-6)

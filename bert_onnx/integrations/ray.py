@@ -98,6 +98,7 @@ class RayEmbedder:
         self.text_column, self.output_column = text_column, output_column
         self.dim = self.encoder.dim(self.recipe)  # checks the recipe once, up front
         self.max_length = self.recipe.max_length or self.encoder.max_length
+        self.pooling = self.encoder.pooling_for(self.recipe)
 
     def _too_long(self, texts: list[str]) -> list[str | None]:
         """With truncation off, why each text is too long (or None): such a row is reported, not embedded."""
@@ -110,6 +111,17 @@ class RayEmbedder:
             for n in counts
         ]
 
+    def _unpooled(self, texts: list[str]) -> list[str | None]:
+        """Why each text would have no token to pool (or None): one whose tokens all merge into a prompt that the
+        recipe leaves out of pooling is a bad row, not a failed batch."""
+        if not self.pooling.unpooled([0]):  # no prompt left out of pooling: every text keeps a token
+            return [None] * len(texts)
+        prompt = self.recipe.prompt or ""
+        found = self.encoder.tokenizer.encodings([prompt + text for text in texts], self.max_length)
+        empty = set(self.pooling.unpooled([len(e.ids) for e in found]))
+        why = "leaves no token to pool: its tokens merged into the prompt's, which include_prompt=False leaves out"
+        return [f"text {why}" if i in empty else None for i in range(len(texts))]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.text_column not in batch:
             raise KeyError(f"no column {self.text_column!r} in the batch (columns: {', '.join(batch)})")
@@ -120,6 +132,9 @@ class RayEmbedder:
         ]
         good = [i for i, e in enumerate(errors) if e is None]
         for i, error in zip(good, self._too_long([texts[i] for i in good]), strict=True):
+            errors[i] = error
+        good = [i for i, e in enumerate(errors) if e is None]
+        for i, error in zip(good, self._unpooled([texts[i] for i in good]), strict=True):
             errors[i] = error
         good = [i for i, e in enumerate(errors) if e is None]
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)

@@ -148,6 +148,14 @@ def _normalized(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, np.float32(1e-12))
 
 
+class UnpooledTextError(InvalidValueError):
+    """A text left with no token to pool (:meth:`Pooling.check_tokens`); ``index`` is its position."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 @dataclass(frozen=True)
 class Pooling:
     """The vector step of an ``EmbedRecipe`` (which validates the fields) for one model: pool each of ``layers``
@@ -211,16 +219,18 @@ class Pooling:
         return [index for index, length in enumerate(lengths) if length <= self.prompt_length]
 
     def check_tokens(self, lengths: Sequence[int], first_index: int = 0) -> None:
-        """Refuse the texts :meth:`unpooled` finds, naming the first as ``texts[first_index + position]``."""
+        """Refuse the texts :meth:`unpooled` finds (:class:`UnpooledTextError`), naming the first as
+        ``texts[first_index + position]``."""
         empty = self.unpooled(lengths)
         if empty:
             first = empty[0]
             more = f" (and {len(empty) - 1} other text(s))" if len(empty) > 1 else ""
-            raise InvalidValueError(
+            raise UnpooledTextError(
+                first_index + first,
                 f"texts[{first_index + first}]{more} leaves no token to pool: its tokens merged into the prompt's (the "
                 f"prompt and the text tokenize to {lengths[first]} tokens, all among the prompt's first "
                 f"{self.prompt_length}, which include_prompt=False leaves out); end the prompt with a space or "
-                "punctuation, or pass include_prompt=True"
+                "punctuation, or pass include_prompt=True",
             )
 
     @property
