@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 from helpers import checkpoint_path
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as Backend
 
 from bert_onnx.export.corpus import documentation_paragraphs
 from bert_onnx.runtime import Encoder
 from bert_onnx.runtime.tokenizer import (
+    _SPACE_CUT,
     HEAD_CHARS_PER_TOKEN,
     TextTooLargeError,
     TextTooLongError,
@@ -164,3 +166,39 @@ def test_a_tokenizer_not_known_to_split_at_spaces_reads_the_whole_text() -> None
     whole.enable_truncation(16)
     assert list(Tokenizer(recording, 0).encodings([text], 16)[0].ids) == whole.encode(text).ids  # type: ignore[arg-type]
     assert recording.longest == len(text)
+
+
+def test_added_tokens_that_could_span_a_cut_turn_that_cut_off() -> None:
+    """Added tokens are matched in the raw text before any splitting: one with a space ("new york") turns every
+    cut off, one with an ideograph after its first character the cut before ideographs (and, matched on normalized
+    text, where BERT's normalizer spaces the ideographs, every cut); the ids stay the whole text's."""
+    path = str(checkpoint_path("minilm") / "tokenizer.json")
+    for added, text, cut in (
+        (AddedToken("new york"), "new york " * 3000, None),
+        (AddedToken("中文", normalized=False), "中文" * 6000, _SPACE_CUT),
+        (AddedToken("中文", normalized=True), "中文" * 6000, None),
+    ):
+        backend, whole = Backend.from_file(path), Backend.from_file(path)
+        backend.add_tokens([added])
+        whole.add_tokens([added])
+        whole.no_padding()
+        whole.enable_truncation(16)
+        found = cut_points(backend)
+        assert (found and found.pattern) == cut, added
+        assert list(Tokenizer(backend, 0).encodings([text], 16)[0].ids) == whole.encode(text).ids, added
+
+
+def test_cuts_follow_what_the_normalizer_does_to_ideographs_and_added_tokens() -> None:
+    """tokenizers' BertNormalizer isolates the ideographs of its own ranges (not U+2B820..U+2B91F): a text ending
+    in one of those keeps its whole last word; an added token matched on normalized text is judged after
+    normalizing ("s\\u00a8" becomes "s \\u0308" under NFKC, which could span a cut)."""
+    minilm = str(checkpoint_path("minilm") / "tokenizer.json")
+    whole = Backend.from_file(minilm)
+    whole.no_padding()
+    whole.enable_truncation(3)
+    text = "unaffable" + "x" * 20 + "\U0002b820"
+    assert list(Tokenizer(Backend.from_file(minilm), 0).encodings([text], 3)[0].ids) == whole.encode(text).ids
+    deberta = Backend.from_file(str(checkpoint_path("deberta-v3") / "tokenizer.json"))
+    assert cut_points(deberta) is not None
+    deberta.add_tokens([AddedToken("s\u00a8", normalized=True)])
+    assert cut_points(deberta) is None

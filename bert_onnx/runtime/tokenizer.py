@@ -107,10 +107,17 @@ def _local_normalizer(normalizer: dict | None) -> bool:
     return kind in _LOCAL_NORMALIZERS
 
 
-# Where a long text may be cut: before a space that follows a non-space, and, under BERT's normalizer (which puts
-# spaces around each CJK ideograph), before an ideograph (its ranges: transformers' ``_is_chinese_char``).
-_SPACE_CUT = r"(?<=\S) "
-_CJK_CUT = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]"
+# Where a long text may be cut: before a space that follows a non-space (and not a grapheme "Prepend" character,
+# which joins the space into one cluster that a Precompiled normalizer may map as a whole), and, under BERT's
+# normalizer (which puts spaces around each CJK ideograph), before an ideograph: tokenizers' own ranges
+# (``is_chinese_char`` in its BertNormalizer, which skips U+2B820..U+2B91F).
+_PREPEND = "\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u0d4e\U000110bd\U000110cd\U000111c2\U000111c3"
+_PREPEND += "\U0001193f\U00011941\U00011a3a\U00011a84-\U00011a89\U00011d46\U00011f02"
+_SPACE_CUT = f"(?<=[^\\s{_PREPEND}]) "
+_CJK_CUT = (
+    "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b81f\U0002b920-\U0002ceaf"
+    "\U0002f800-\U0002fa1f]"
+)
 
 
 def cut_points(backend: _Backend) -> re.Pattern[str] | None:
@@ -124,10 +131,21 @@ def cut_points(backend: _Backend) -> re.Pattern[str] | None:
     normalizer = config.get("normalizer")
     if not (_splits_at_spaces(config.get("pre_tokenizer")) and _local_normalizer(normalizer)):
         return None
-    cjk = isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer"
-    return re.compile(
-        f"{_SPACE_CUT}|{_CJK_CUT}" if cjk and normalizer.get("handle_chinese_chars", True) else _SPACE_CUT
-    )
+    # Added tokens are matched before any splitting (on the normalized text when marked normalized): one holding a
+    # space ("new york", or "s\u00a8", which NFKC makes "s \u0308") could span a cut, as could one holding an
+    # ideograph after its first character.
+    normalize = backend.normalizer.normalize_str if backend.normalizer is not None else str
+    added: list[str] = []
+    for token in config.get("added_tokens") or []:
+        content = str(token.get("content", ""))
+        added += [content, normalize(content)] if token.get("normalized") else [content]
+    if any(any(c.isspace() for c in content) for content in added):
+        return None
+    # CJK cuts only where the normalizer is seen to isolate ideographs, and no added token holds one after its start
+    cjk = normalize("a\u4e00b") == "a \u4e00 b" and isinstance(normalizer, dict)
+    cjk = cjk and normalizer.get("type") == "BertNormalizer"
+    cjk = cjk and not any(re.search(_CJK_CUT, content[1:]) for content in added)
+    return re.compile(f"{_SPACE_CUT}|{_CJK_CUT}" if cjk else _SPACE_CUT)
 
 
 def head(text: str, chars: int, cuts: re.Pattern[str] | None) -> str:
@@ -299,7 +317,7 @@ class Tokenizer:
                     too_long = TextTooLongError(first_index + i, len(encoding.ids), max_length, at_least=not whole)
             if too_long is not None:  # only an earlier text can be the first too long now
                 again = [i for i in again if first_index + i < too_long.index]
-            todo, chars = again, chars * 4
+            todo, chars = again, max(chars, *map(len, heads)) * 4  # past the longest part read, or the same cut
         if too_long is not None:
             raise too_long
         return found  # type: ignore[return-value]  # every index was found
