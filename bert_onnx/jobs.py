@@ -307,6 +307,29 @@ def vector_settings(encoder: Encoder, recipe: EmbedRecipe) -> dict[str, Any]:
     }
 
 
+def _embed_chunk(
+    encoder: Encoder,
+    texts: list[str],
+    recipe: EmbedRecipe,
+    progress: Callable[[int], object] | None,
+    batching: Batching | None,
+    name: str,
+    read: int,
+) -> np.ndarray:
+    """One chunk's vectors; a text refused is named by its line of ``name`` (``read`` lines came before)."""
+    from bert_onnx.runtime.pooling import UnpooledTextError
+    from bert_onnx.runtime.tokenizer import TextTooLongError
+
+    try:
+        return encoder.embed_recipe(texts, recipe, progress, batching=batching)
+    except TextTooLongError as exc:
+        line = read + exc.index + 1
+        raise LineTooLongError(name, line, exc.length, exc.max_length, exc.at_least) from exc
+    except UnpooledTextError as exc:  # named by its line of the input, not its place in the chunk
+        where = f"{name}: line {read + exc.index + 1}"
+        raise InvalidValueError(str(exc).replace(f"texts[{exc.index}]", where, 1)) from exc
+
+
 def embed_file(
     encoder: Encoder | str | Path,
     source: str | Path | BinaryIO,
@@ -330,8 +353,6 @@ def embed_file(
     its line. An ``output`` that is ``source`` itself, or whose parts folder holds it, is refused before any work.
     """
     from bert_onnx.runtime.encoder import Encoder
-    from bert_onnx.runtime.pooling import UnpooledTextError
-    from bert_onnx.runtime.tokenizer import TextTooLongError
 
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InvalidValueError(f"chunk_size={chunk_size!r} must be a positive number of lines")
@@ -369,14 +390,7 @@ def embed_file(
                         raise ResumeError(f"{store.part_path(number)}: {rows} rows, the input's has {len(texts)}")
                     tick(len(texts))
                 else:
-                    try:
-                        vectors = encoder.embed_recipe(texts, recipe, progress, batching=batching)
-                    except TextTooLongError as exc:
-                        line = read + exc.index + 1
-                        raise LineTooLongError(name, line, exc.length, exc.max_length, exc.at_least) from exc
-                    except UnpooledTextError as exc:  # named by its line of the input, not its place in the chunk
-                        where = f"{name}: line {read + exc.index + 1}"
-                        raise InvalidValueError(str(exc).replace(f"texts[{exc.index}]", where, 1)) from exc
+                    vectors = _embed_chunk(encoder, texts, recipe, progress, batching, name, read)
                     store.add(number, len(texts), _npy_writer(vectors))
                 read += len(texts)
         if count is not None and (read != count or digest.hexdigest() != input_sha256):

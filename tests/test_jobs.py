@@ -28,6 +28,19 @@ def _bytes(payload: bytes) -> Callable[[IO[bytes]], None]:
     return write
 
 
+def interrupt_after(texts: int) -> Callable[[int], None]:
+    """A ``progress`` callback that interrupts the run (as Ctrl-C does) once ``texts`` texts are done."""
+    seen = 0
+
+    def progress(count: int) -> None:
+        nonlocal seen
+        seen += count
+        if seen >= texts:
+            raise KeyboardInterrupt
+
+    return progress
+
+
 def test_a_store_keeps_finished_parts_and_refuses_what_does_not_match(tmp_path: Path) -> None:
     folder = tmp_path / "job"
     store = PartStore.open(folder, {"input": "a", "pooling": "cls"}, ".bin", resume=False)
@@ -110,13 +123,7 @@ def test_embed_file_interrupted_then_resumed_gives_identical_bytes(
     reference = tmp_path / "reference.npy"
     embed_file(folder, lines, reference, chunk_size=5)
     out = tmp_path / "out.npy"
-    seen = 0
-
-    def interrupt_after_two_parts(count: int) -> None:
-        nonlocal seen
-        seen += count
-        if seen >= 10:
-            raise KeyboardInterrupt
+    interrupt_after_two_parts = interrupt_after(10)
 
     with pytest.raises(KeyboardInterrupt):
         embed_file(export_dir("tiny"), lines, out, chunk_size=5, progress=interrupt_after_two_parts)
@@ -143,13 +150,7 @@ def test_embed_file_names_the_line_that_is_too_long(export_dir: Callable[[str], 
 def test_a_stream_keeps_no_parts_when_interrupted(
     export_dir: Callable[[str], Path], lines: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen = 0
-
-    def interrupt_after_two_parts(count: int) -> None:
-        nonlocal seen
-        seen += count
-        if seen >= 10:
-            raise KeyboardInterrupt
+    interrupt_after_two_parts = interrupt_after(10)
 
     out = tmp_path / "out.npy"
     with open(lines, "rb") as stream, pytest.raises(KeyboardInterrupt), caplog.at_level(logging.INFO, "bert_onnx"):

@@ -326,6 +326,17 @@ def _manifest(
     )
 
 
+def _check_request(output: Path, opset: int, force: bool, log: Callable[[str], None]) -> None:
+    """Refuse a bad opset or target before any work; remove what killed exports of ``output`` left beside it."""
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(
+            f"opset={opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+        )
+    _check_target(output, force)
+    for stale in remove_stale_staging(output):
+        log(f"removed {stale}: the staging folder of an export of {output} that was killed")
+
+
 def export_model(
     model: str = DEFAULT_MODEL,
     output: str | Path = "bert-onnx-model",
@@ -356,13 +367,7 @@ def export_model(
     """
     output = Path(output)
     chosen = check_variants(variants, log)
-    if opset not in SUPPORTED_OPSETS:
-        raise ExportError(
-            f"opset={opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
-        )
-    _check_target(output, force)
-    for stale in remove_stale_staging(output):
-        log(f"removed {stale}: the staging folder of an export of {output} that was killed")
+    _check_request(output, opset, force, log)
     started = time.perf_counter()
 
     def step(message: str) -> None:
